@@ -1,0 +1,44 @@
+# Phantom datasets: synthetic DICOMs in the real datasets' layouts and CSV schemas, with planted findings.
+# Only datasets whose config says `source: phantom` use them.
+
+PHANTOM_METADATA = {
+    "vindr": ["breast-level_annotations.csv", "finding_annotations.csv"],
+    "rsna": ["train.csv"],
+    "inhouse": ["reports.csv"],
+}
+PHANTOM_SIZE_KEY = {"vindr": "n_studies", "rsna": "n_patients", "inhouse": "n_patients"}
+
+for _name, _files in PHANTOM_METADATA.items():
+
+    rule:
+        name:
+            f"phantom_{_name}"
+        output:
+            metadata=[f"{PHANTOM_DIR}/{_name}/{f}" for f in _files],
+            truth=f"{PHANTOM_DIR}/{_name}/phantom_truth.csv",
+            lesions=f"{PHANTOM_DIR}/{_name}/phantom_lesions.csv",
+        log:
+            f"logs/phantoms/{_name}.log",
+        benchmark:
+            f"benchmarks/phantoms/{_name}.tsv"
+        conda:
+            "../envs/mammoclip.yaml"
+        params:
+            dataset=_name,
+            out_dir=lambda wildcards, output: os.path.dirname(output.truth),
+            size=config["phantoms"][_name][PHANTOM_SIZE_KEY[_name]],
+            test_fraction=config["phantoms"]["vindr"]["test_fraction"],
+            image_scale=config["phantoms"]["image_scale"],
+            transfer_syntaxes=config["phantoms"]["transfer_syntaxes"],
+            seed=config["seed"],
+        script:
+            "../workflow_scripts/generate_phantom.py"
+
+
+rule phantoms:
+    input:
+        [
+            f"{PHANTOM_DIR}/{d}/phantom_truth.csv"
+            for d in ENABLED_DATASETS
+            if SPECS[d].source == "phantom"
+        ],
