@@ -84,6 +84,44 @@ def _fill(instance: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> 
                 _fill(value, _resolve(pattern_schemas, root), root)
 
 
+_SCALAR_TYPES = {"integer": int, "number": (int, float), "boolean": bool}
+
+
+def coerce_command_line_strings(instance: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> Any:
+    """Turn strings into numbers/booleans where the schema expects them.
+
+    ``snakemake --config key='{a: 1}'`` parses nested values with YAML's BaseLoader, which leaves every
+    scalar a string; a string that reads (as YAML) as the type the schema asks for is converted.
+    """
+    schema = _resolve(schema, root)
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, value in instance.items():
+            sub = props.get(key, extra if isinstance(extra, Mapping) else None)
+            if sub is not None:
+                instance[key] = coerce_command_line_strings(value, sub, root)
+        return instance
+    if isinstance(instance, list) and isinstance(schema.get("items"), Mapping):
+        return [coerce_command_line_strings(v, schema["items"], root) for v in instance]
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else (types or [])
+    if isinstance(instance, str) and "string" not in types:
+        try:
+            parsed = yaml.safe_load(instance)
+        except yaml.YAMLError:
+            return instance
+        for name in types:
+            expected = _SCALAR_TYPES.get(name)
+            if (
+                expected
+                and isinstance(parsed, expected)
+                and not (name != "boolean" and isinstance(parsed, bool))
+            ):
+                return parsed
+    return instance
+
+
 def _dotted(path: Any) -> str:
     parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in path]
     return ".".join(parts).replace(".[", "[") or "<top level>"
@@ -166,6 +204,7 @@ def load_config(
     """Fill defaults, validate and check paths; return the complete config."""
     schema = load_schema() if schema is None else schema
     filled = fill_defaults(dict(config), schema)
+    coerce_command_line_strings(filled, schema, schema)
     validate(filled, schema)
     check_paths(filled, schema, Path(base_dir))
     return filled

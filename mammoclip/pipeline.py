@@ -55,9 +55,9 @@ def preprocess_shard(
     width: int,
     height: int,
     legacy: bool,
-    threads: int,
+    processes: int,
 ) -> pd.DataFrame:
-    """Convert (or, for a PNG release, check) the images of one shard; return its manifest."""
+    """Convert (or, for a PNG release, check) the images of one shard with ``processes`` workers."""
     images = list_images(spec, read_metadata(spec.metadata_csv), png_root=png_root)
     part = select_shard(images, shard, n_shards)
     log.info(
@@ -70,7 +70,7 @@ def preprocess_shard(
         spec.root,
         spec.source,
     )
-    manifest = convert_shard(part, width=width, height=height, legacy=legacy, threads=threads)
+    manifest = convert_shard(part, width=width, height=height, legacy=legacy, processes=processes)
     failed = manifest[manifest["status"] != "ok"]
     for row in failed.itertuples():
         log.warning("failed: %s (%s)", row.source_path, row.reason)

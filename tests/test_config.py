@@ -71,7 +71,7 @@ def test_every_default_lives_only_in_the_schema():
         ),
         ({"datasets": {"rsna": {"source": "dicom"}}}, "config key 'datasets.rsna.root' must be set"),
         ({"datasets": {"vindr": {"source": "tiff"}}}, "config key 'datasets.vindr.source': value 'tiff'"),
-        ({"legacy": "yes"}, "config key 'legacy': value 'yes' is invalid"),
+        ({"legacy": "maybe"}, "config key 'legacy': value 'maybe' is invalid"),
     ],
 )
 def test_bad_values_name_key_and_value(schema, config, expected):
@@ -119,3 +119,17 @@ def test_read_yaml_errors_name_the_file(tmp_path):
     listing.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="must be a mapping"):
         read_yaml(listing)
+
+
+def test_strings_from_snakemake_command_line_are_coerced(schema):
+    # `snakemake --config preprocess='{shards: 4}'` delivers nested scalars as strings
+    config = load_config(
+        {"preprocess": {"shards": "4", "max_failed_fraction": "0.5"}, "legacy": "true"}, schema
+    )
+    assert config["preprocess"]["shards"] == 4
+    assert config["preprocess"]["max_failed_fraction"] == 0.5
+    assert config["legacy"] is True
+    with pytest.raises(ConfigError, match="config key 'preprocess.shards': value 'four'"):
+        load_config({"preprocess": {"shards": "four"}}, schema)
+    with pytest.raises(ConfigError, match="config key 'preprocess.shards': value '2.5'"):
+        load_config({"preprocess": {"shards": "2.5"}}, schema)

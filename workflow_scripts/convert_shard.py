@@ -14,6 +14,6 @@ manifest = preprocess_shard(
     width=snakemake.params.width,
     height=snakemake.params.height,
     legacy=snakemake.params.legacy,
-    threads=snakemake.threads,
+    processes=snakemake.threads,
 )
 manifest.to_csv(snakemake.output.manifest, index=False)

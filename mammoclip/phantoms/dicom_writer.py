@@ -122,6 +122,9 @@ def write_mammogram_dicom(
             TRANSFER_SYNTAXES[transfer_syntax],
             pixels,
             encoding_plugin=_ENCODING_PLUGIN[transfer_syntax],
+            # pydicom would otherwise replace SOPInstanceUID with a random one (non-deterministic files,
+            # and the caller's sop_uid silently lost)
+            generate_instance_uid=False,
         )
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     return path

@@ -1,0 +1,212 @@
+"""Benchmark of the DICOM -> PNG stage against plain decoding and the upstream reference.
+
+:func:`benchmark_preprocessing` writes VinDr-like phantom DICOMs (:mod:`mammoclip.phantoms`, at the real
+VinDr image sizes for ``scale=1.0``) in each requested transfer syntax and measures, on one thread
+(OpenCV's pool set to 1 thread):
+
+* ``decode``: dicomsdl ``open`` + ``pixelData(storedvalue=True)``, the floor for any converter;
+* ``ours (default)`` / ``ours (legacy)``: :func:`mammoclip.preprocess.convert_dicom_to_png` end to end
+  (header checks, decode, conversion, PNG write);
+* ``upstream reference``: :func:`mammoclip.upstream_reference.convert_like_upstream` + ``cv2.imwrite``.
+
+:func:`benchmark_processes` times :func:`mammoclip.preprocess.convert_shard` with 1 and with more worker
+processes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import dicomsdl
+import numpy as np
+import pandas as pd
+
+from mammoclip.phantoms import generate_vindr
+from mammoclip.preprocess import convert_dicom_to_png, convert_shard
+from mammoclip.upstream_reference import convert_like_upstream
+
+__all__ = [
+    "benchmark_preprocessing",
+    "benchmark_processes",
+    "format_benchmark",
+    "write_benchmark_dicoms",
+]
+
+METHODS = ("decode", "ours (default)", "ours (legacy)", "upstream reference")
+
+
+def write_benchmark_dicoms(
+    work_dir: str | os.PathLike,
+    *,
+    n_images: int,
+    scale: float = 1.0,
+    transfer_syntaxes: Sequence[str] = ("jpeg2000", "uncompressed"),
+    seed: int = 0,
+) -> dict[str, list[Path]]:
+    """Write ``n_images`` VinDr-like phantom DICOMs per transfer syntax; returns their paths by syntax.
+
+    ``scale=1.0`` gives the real VinDr sizes (e.g. 3518 x 2800) with the phantoms' mix of bit depths and
+    photometric interpretations.
+    """
+    paths: dict[str, list[Path]] = {}
+    for ts in transfer_syntaxes:
+        out_dir = Path(work_dir) / "dicom" / ts
+        truth = generate_vindr(
+            out_dir,
+            n_studies=math.ceil(n_images / 4),
+            image_scale=scale,
+            seed=seed,
+            transfer_syntaxes=(ts,),
+        )
+        paths[ts] = [out_dir / p for p in truth["dicom_path"].iloc[:n_images]]
+    return paths
+
+
+def _time_methods(
+    methods: dict[str, Callable[[Path, Path], object]], sources: list[Path], out_dir: Path, repeats: int
+) -> dict[str, float]:
+    """Median seconds per image of each method; methods are interleaved image by image so that drifting
+    machine load affects them alike."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for k, fn in enumerate(methods.values()):
+        fn(sources[0], out_dir / f"warmup{k}.png")
+    for _ in range(repeats):
+        for i, src in enumerate(sources):
+            for k, (name, fn) in enumerate(methods.items()):
+                start = time.perf_counter()
+                fn(src, out_dir / f"{k}_{i}.png")
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def _method(name: str, width: int, height: int) -> Callable[[Path, Path], object]:
+    if name == "decode":
+        return lambda src, dst: dicomsdl.open(str(src)).pixelData(storedvalue=True)
+    if name in ("ours (default)", "ours (legacy)"):
+        legacy = name == "ours (legacy)"
+
+        def ours(src: Path, dst: Path) -> object:
+            row = convert_dicom_to_png(src, dst, width=width, height=height, legacy=legacy)
+            if row["status"] != "ok":
+                raise RuntimeError(f"benchmark image failed: {row['reason']}")
+            return row
+
+        return ours
+    return lambda src, dst: cv2.imwrite(str(dst), convert_like_upstream(src, width, height))
+
+
+def benchmark_preprocessing(
+    work_dir: str | os.PathLike,
+    *,
+    n_images: int = 4,
+    scale: float = 1.0,
+    transfer_syntaxes: Sequence[str] = ("jpeg2000", "uncompressed"),
+    width: int = 912,
+    height: int = 1520,
+    seed: int = 0,
+    repeats: int = 1,
+) -> pd.DataFrame:
+    """Images/second on one thread for decode only, our conversion (default, legacy) and the reference.
+
+    Each method runs ``repeats`` times on each of the ``n_images`` files (interleaved); the median time
+    is reported. Columns: ``syntax, method, images_per_s, seconds_per_image``, ``ratio_to_decode`` (time /
+    decode time), ``overhead_vs_decode`` (extra time / decode time) and ``speedup_vs_reference``
+    (reference time / time).
+    """
+    work_dir = Path(work_dir)
+    paths = write_benchmark_dicoms(
+        work_dir, n_images=n_images, scale=scale, transfer_syntaxes=transfer_syntaxes, seed=seed
+    )
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        rows = []
+        for ts, sources in paths.items():
+            methods = {name: _method(name, width, height) for name in METHODS}
+            seconds = _time_methods(methods, sources, work_dir / "png" / ts, repeats)
+            rows += [{"syntax": ts, "method": name, "seconds_per_image": seconds[name]} for name in METHODS]
+    finally:
+        cv2.setNumThreads(threads)
+    table = pd.DataFrame(rows)
+    table["images_per_s"] = 1.0 / table["seconds_per_image"]
+    per_method = table.set_index(["method", "syntax"])["seconds_per_image"]
+    decode = table["syntax"].map(per_method["decode"])
+    reference = table["syntax"].map(per_method["upstream reference"])
+    table["ratio_to_decode"] = table["seconds_per_image"] / decode
+    table["overhead_vs_decode"] = (table["seconds_per_image"] - decode) / decode
+    table["speedup_vs_reference"] = reference / table["seconds_per_image"]
+    return table[
+        [
+            "syntax",
+            "method",
+            "images_per_s",
+            "seconds_per_image",
+            "ratio_to_decode",
+            "overhead_vs_decode",
+            "speedup_vs_reference",
+        ]
+    ]
+
+
+def benchmark_processes(
+    work_dir: str | os.PathLike,
+    *,
+    n_images: int = 8,
+    scale: float = 1.0,
+    transfer_syntaxes: Sequence[str] = ("jpeg2000", "uncompressed"),
+    processes: Sequence[int] = (1, 2),
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Wall time of :func:`convert_shard` (default mode) over ``n_images`` per number of worker processes."""
+    work_dir = Path(work_dir)
+    paths = write_benchmark_dicoms(
+        work_dir, n_images=n_images, scale=scale, transfer_syntaxes=transfer_syntaxes, seed=seed
+    )
+    rows = []
+    for ts, sources in paths.items():
+        for n in processes:
+            images = pd.DataFrame(
+                {
+                    "image_id": [f"{ts}{i}" for i in range(len(sources))],
+                    "patient_id": "p",
+                    "source_path": [str(s) for s in sources],
+                    "png_path": [
+                        str(work_dir / "shard" / ts / f"p{n}" / f"{i}.png") for i in range(len(sources))
+                    ],
+                }
+            )
+            convert_shard(images.iloc[:1], processes=1, progress=False)  # warm-up
+            start = time.perf_counter()
+            manifest = convert_shard(images, processes=n, progress=False)
+            seconds = time.perf_counter() - start
+            if (manifest["status"] != "ok").any():
+                raise RuntimeError("benchmark images failed")
+            rows.append(
+                {"syntax": ts, "processes": n, "seconds": seconds, "images_per_s": len(sources) / seconds}
+            )
+    table = pd.DataFrame(rows)
+    fewest = table["processes"] == min(processes)
+    base = table["syntax"].map(table[fewest].set_index("syntax")["images_per_s"])
+    table["speedup"] = table["images_per_s"] / base
+    return table
+
+
+def format_benchmark(df: pd.DataFrame) -> str:
+    """A plain-text table of :func:`benchmark_preprocessing` (or :func:`benchmark_processes`) results."""
+    return df.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+if __name__ == "__main__":  # pragma: no cover - manual run: python -m mammoclip.bench WORK_DIR [scale]
+    import sys
+
+    work = sys.argv[1] if len(sys.argv) > 1 else "bench_preprocess"
+    factor = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
+    print(format_benchmark(benchmark_preprocessing(work, scale=factor, repeats=2)))
+    print()
+    print(format_benchmark(benchmark_processes(work, scale=factor)))

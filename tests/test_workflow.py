@@ -1,0 +1,134 @@
+"""End-to-end: Snakemake runs the phantom and preprocessing stages on a tiny config in a fresh folder."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+TINY = {
+    "seed": 7,
+    "phantoms": {
+        "image_scale": 0.08,
+        "vindr": {"n_studies": 3},
+        "rsna": {"n_patients": 3},
+        "inhouse": {"n_patients": 2},
+    },
+    "preprocess": {"width": 80, "height": 128, "shards": 2, "max_failed_fraction": 0.0},
+}
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def make_workdir(path: Path, config: dict) -> Path:
+    (path / "config").mkdir(parents=True)
+    (path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    workdir = make_workdir(tmp_path_factory.mktemp("wf"), TINY)
+    snakemake(workdir)
+    return workdir
+
+
+def test_every_image_converted_with_a_manifest_row(demo):
+    for dataset in ("vindr", "rsna", "inhouse"):
+        truth = pd.read_csv(demo / "resources/phantoms" / dataset / "phantom_truth.csv", dtype=str)
+        manifest = pd.read_csv(demo / "results/preprocess" / dataset / "manifest.csv", dtype=str)
+        assert sorted(manifest["image_id"]) == sorted(truth["image_id"])
+        assert (manifest["status"] == "ok").all(), manifest[manifest["status"] != "ok"]
+        for row in manifest.itertuples():
+            png = cv2.imread(str(demo / row.png_path), cv2.IMREAD_UNCHANGED)
+            assert png is not None and png.shape == (128, 80) and png.dtype == "uint8"
+            assert png.max() > 100  # breast tissue survived the crop
+            assert row.png_path == f"results/png/{dataset}/{row.patient_id}/{row.image_id}.png"
+            x0, y0, x1, y1 = (float(v) for v in (row.crop_x0, row.crop_y0, row.crop_x1, row.crop_y1))
+            assert 5 <= x0 < x1 <= float(row.orig_width) - 5 and 5 <= y0 < y1 <= float(row.orig_height) - 5
+
+
+def test_provenance_and_logs(demo):
+    record = json.loads((demo / "results/preprocess/vindr/manifest.provenance.json").read_text())
+    assert record["stage"] == "preprocess" and record["dataset"] == "vindr"
+    assert record["seed"] == 7 and record["legacy"] is False
+    assert (record["width"], record["height"], record["failed"]) == (80, 128, 0)
+    assert record["code_version"].startswith("0.1.0+")
+    for name in ("phantoms/vindr.log", "preprocess/vindr/shard_0.log", "preprocess/vindr/shard_1.log"):
+        assert (demo / "logs" / name).stat().st_size > 0
+    assert "shard 1/2" in (demo / "logs/preprocess/vindr/shard_1.log").read_text()
+
+
+def test_nothing_to_do_on_rerun(demo):
+    assert "Nothing to be done" in snakemake(demo, "-n").stdout
+
+
+def test_bad_files_are_recorded_then_fail_the_stage_over_the_limit(demo, tmp_path):
+    workdir = tmp_path / "bad"
+    shutil.copytree(demo, workdir, ignore=shutil.ignore_patterns(".snakemake"))
+    truth = pd.read_csv(workdir / "resources/phantoms/rsna/phantom_truth.csv", dtype=str)
+    truncated = workdir / "resources/phantoms/rsna" / truth.loc[0, "dicom_path"]
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    not_dicom = workdir / "resources/phantoms/rsna" / truth.loc[1, "dicom_path"]
+    not_dicom.write_text("this is not a DICOM file\n")
+
+    failed = snakemake(workdir, "--forcerun", "convert_shard", "--", "preprocess", check=False)
+    assert failed.returncode != 0
+    join_log = (workdir / "logs/preprocess/rsna/join.log").read_text()
+    assert str(truncated.relative_to(workdir)) in join_log and str(not_dicom.relative_to(workdir)) in join_log
+    assert not (workdir / "results/preprocess/rsna/manifest.csv").exists()
+    # the other datasets are unaffected, and the shard manifests keep the reasons
+    assert (workdir / "results/preprocess/vindr/manifest.csv").exists()
+    shards = pd.concat(
+        pd.read_csv(p, dtype=str) for p in (workdir / "results/preprocess/rsna/shards").glob("*.csv")
+    )
+    reasons = dict(zip(shards["source_path"], shards["reason"].fillna(""), strict=True))
+    assert reasons[str(truncated.relative_to(workdir))].startswith("truncated")
+    assert reasons[str(not_dicom.relative_to(workdir))].startswith("not_dicom")
+    assert not Path(workdir, shards.loc[shards["status"] == "failed", "png_path"].iloc[0]).exists()
+
+    snakemake(workdir, "preprocess", "--config", "preprocess={max_failed_fraction: 0.5}")
+    manifest = pd.read_csv(workdir / "results/preprocess/rsna/manifest.csv", dtype=str)
+    assert (manifest["status"] == "failed").sum() == 2
+
+
+def test_png_release_input_builds_the_manifest_without_converting(demo, tmp_path):
+    png_root = demo / "results/png/rsna"
+    config = {
+        **TINY,
+        "datasets": {
+            "vindr": {"enabled": False},
+            "inhouse": {"enabled": False},
+            "rsna": {
+                "source": "png",
+                "root": str(png_root),
+                "metadata_csv": str(demo / "resources/phantoms/rsna/train.csv"),
+                "png_template": "{patient_id}/{image_id}.png",
+            },
+        },
+    }
+    workdir = make_workdir(tmp_path / "png", config)
+    result = snakemake(workdir)
+    assert "phantom_rsna" not in result.stdout + result.stderr
+    manifest = pd.read_csv(workdir / "results/preprocess/rsna/manifest.csv", dtype=str)
+    assert (manifest["status"] == "ok").all()
+    assert (manifest["png_path"] == manifest["source_path"]).all()
+    assert all(p.startswith(str(png_root)) for p in manifest["png_path"])
+    assert not (workdir / "results/png").exists()
+    assert set(manifest["png_height"]) == {"128"}
