@@ -12,9 +12,13 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/phantoms.smk"
 include: "rules/preprocess.smk"
+include: "rules/annotations.smk"
+include: "rules/reports.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.preprocess.input,
+        rules.annotations.input,
+        rules.reports.input,

@@ -14,7 +14,7 @@ import pandas as pd
 
 from mammoclip import phantoms
 from mammoclip.datasets import DatasetSpec, list_images, read_metadata, select_shard
-from mammoclip.preprocess import check_failures, convert_shard, join_manifests
+from mammoclip.preprocess import check_failures, convert_shard, join_manifests, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +87,112 @@ def join_preprocess_manifests(paths: Sequence[str | Path], *, max_failed_fractio
         "manifest: %d images, %d failed (limit %.1f%%)", len(manifest), n_failed, 100 * max_failed_fraction
     )
     return manifest
+
+
+def prepare_report_table(
+    reports_csv: str | Path, manifest_csv: str | Path, *, legacy: bool, n_folds: int
+) -> pd.DataFrame:
+    """Clean the in-house reports and group them per breast, keeping only converted images."""
+    from mammoclip.annotations.reports import (
+        build_pretraining_table,
+        png_paths_from_manifest,
+        read_reports_csv,
+    )
+
+    png_paths = png_paths_from_manifest(read_manifest(manifest_csv), log)
+    return build_pretraining_table(
+        read_reports_csv(reports_csv), legacy=legacy, png_paths=png_paths, n_folds=n_folds, logger=log
+    )
+
+
+def augment_report_table(
+    table_csv: str | Path,
+    *,
+    method: str,
+    language: str,
+    model_dir: str | None,
+    temperature: float,
+    num_beams: int,
+    batch_size: int,
+    seed: int,
+) -> pd.DataFrame:
+    """Add ``text_augment`` by back-translation (or a copy of ``text`` when ``method`` is ``none``)."""
+    from mammoclip.annotations.augment import augment_table, make_back_translator
+    from mammoclip.annotations.reports import read_pretraining_table
+
+    table = read_pretraining_table(table_csv)
+    if method == "none":
+        log.info("augmentation: none (text_augment = text)")
+        return augment_table(table, translate=list)
+    translate = make_back_translator(
+        language,
+        model_dir=model_dir,
+        temperature=temperature,
+        num_beams=num_beams,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    return augment_table(table, translate=translate)
+
+
+def prepare_vindr_tables(
+    breast_csv: str | Path,
+    findings_csv: str | Path,
+    manifest_csv: str | Path,
+    *,
+    n_folds: int,
+    seed: int,
+) -> dict[str, pd.DataFrame]:
+    """VinDr's row-level (upstream granularity), image-level, box and image-label tables.
+
+    Boxes are mapped into the PNG frame with the crop boxes of the preprocessing manifest; images that
+    failed conversion are excluded and counted in the log.
+    """
+    from mammoclip.annotations.vindr import (
+        map_boxes_to_png,
+        read_vindr_annotations,
+        vindr_image_label_table,
+        vindr_image_table,
+        vindr_row_table,
+    )
+
+    breast, findings = read_vindr_annotations(breast_csv, findings_csv)
+    manifest = read_manifest(manifest_csv)
+    mapped = map_boxes_to_png(findings, manifest)
+    rows = vindr_row_table(breast, mapped, manifest, n_folds=n_folds, seed=seed)
+    images, boxes = vindr_image_table(breast, mapped, manifest, n_folds=n_folds, seed=seed)
+    labels = vindr_image_label_table(images)
+    log.info(
+        "VinDr tables: %d finding rows, %d images, %d boxes, %d breasts",
+        len(rows),
+        len(images),
+        len(boxes),
+        len(labels),
+    )
+    return {"rows": rows, "images": images, "boxes": boxes, "image_labels": labels}
+
+
+def prepare_rsna_folds(
+    train_csv: str | Path,
+    manifest_csv: str | Path,
+    *,
+    n_folds: int,
+    seed: int,
+    fold_file: str | Path | None = None,
+) -> pd.DataFrame:
+    """RSNA's train.csv with patient-grouped, cancer-stratified folds (or a validated user fold file)."""
+    from mammoclip.annotations.rsna import (
+        join_rsna_manifest,
+        make_rsna_folds,
+        read_rsna_folds,
+        read_rsna_train,
+        validate_fold_file,
+    )
+
+    train = read_rsna_train(train_csv)
+    if fold_file:
+        folds = validate_fold_file(read_rsna_folds(fold_file), train)
+        log.info("RSNA folds from %s (validated)", fold_file)
+    else:
+        folds = make_rsna_folds(train, n_folds=n_folds, seed=seed)
+    return join_rsna_manifest(folds, read_manifest(manifest_csv))

@@ -13,7 +13,7 @@ rule convert_shard:
         "benchmarks/preprocess/{dataset}/shard_{shard}.tsv"
     conda:
         "../envs/mammoclip.yaml"
-    threads: 2
+    threads: 2  # worker processes inside the job
     params:
         spec=dataset_spec,
         n_shards=len(SHARDS),

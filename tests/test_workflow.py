@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,10 +21,11 @@ TINY = {
     "phantoms": {
         "image_scale": 0.08,
         "vindr": {"n_studies": 3},
-        "rsna": {"n_patients": 3},
-        "inhouse": {"n_patients": 2},
+        "rsna": {"n_patients": 4},
+        "inhouse": {"n_patients": 4},
     },
     "preprocess": {"width": 80, "height": 128, "shards": 2, "max_failed_fraction": 0.0},
+    "reports": {"augmentation": {"method": "none"}},
 }
 pytestmark = pytest.mark.slow
 
@@ -73,6 +75,66 @@ def test_provenance_and_logs(demo):
     for name in ("phantoms/vindr.log", "preprocess/vindr/shard_0.log", "preprocess/vindr/shard_1.log"):
         assert (demo / "logs" / name).stat().st_size > 0
     assert "shard 1/2" in (demo / "logs/preprocess/vindr/shard_1.log").read_text()
+
+
+def test_annotation_and_report_tables(demo):
+    from mammoclip.annotations.reports import read_pretraining_table
+    from mammoclip.annotations.tables import read_table
+
+    findings = pd.read_csv(demo / "resources/phantoms/vindr/finding_annotations.csv")
+    rows = read_table(demo / "results/annotations/vindr/vindr_detection_v1_folds.csv")
+    assert len(rows) == len(findings) and list(rows.columns[:5]) == [
+        "patient_id",
+        "series_id",
+        "image_id",
+        "laterality",
+        "view",
+    ]
+    boxed = rows[rows["No_Finding"] == 0]
+    assert len(boxed) == findings["xmin"].notna().sum() > 0
+    assert (boxed["resized_xmin"] >= 0).all() and (boxed["resized_xmax"] <= 80).all()
+    assert (boxed["resized_ymin"] >= 0).all() and (boxed["resized_ymax"] <= 128).all()
+    assert rows.loc[rows["No_Finding"] == 1, "resized_xmin"].isna().all()
+    labels = pd.read_csv(demo / "results/annotations/vindr/clip_vindr_final.csv")
+    assert len(labels) == 2 * findings["study_id"].nunique()  # one row per breast
+
+    folds = pd.read_csv(demo / "results/annotations/rsna/train_folds.csv", dtype={"patient_id": str})
+    assert (folds.groupby("patient_id")["fold"].nunique() == 1).all()
+    assert sorted(folds["fold"].unique()) == [0, 1, 2, 3]
+
+    reports = read_pretraining_table(demo / "results/reports/inhouse/clip_pretrain.csv")
+    assert list(reports.columns) == [
+        "patient_id",
+        "laterality",
+        "image",
+        "view",
+        "CC",
+        "MLO",
+        "text",
+        "findings",
+        "impressions",
+        "text_augment",
+        "fold",
+    ]
+    assert len(reports) == 8  # 4 patients x 2 breasts
+    assert all(len(t) == 2 and t == a for t, a in zip(reports["text"], reports["text_augment"], strict=True))
+    # no sentence periods survive cleaning; only decimal points inside numbers (legacy: false)
+    assert not any(re.search(r"\.(?!\d)", t) for row in reports["text"] for t in row)
+
+
+def test_missing_translation_models_stop_the_rule_with_instructions(demo, tmp_path):
+    workdir = tmp_path / "bt"
+    shutil.copytree(demo, workdir, ignore=shutil.ignore_patterns(".snakemake"))
+    models = workdir / "models"
+    models.mkdir()
+    config = {**TINY, "reports": {"augmentation": {"method": "back_translation", "model_dir": str(models)}}}
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "--forcerun", "augment_reports", "--", "reports", check=False)
+    assert result.returncode != 0
+    message = (workdir / "logs/reports/augment.log").read_text()
+    assert str(models / "opus-mt-en-it") in message
+    assert "Helsinki-NLP/opus-mt-en-it" in message and "reports.augmentation.method: none" in message
+    assert not (workdir / "results/reports/inhouse/clip_pretrain.csv").exists()
 
 
 def test_nothing_to_do_on_rerun(demo):

@@ -1,0 +1,1 @@
+"""Annotation tables: VinDr boxes and folds, RSNA folds, in-house radiology reports."""
