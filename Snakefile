@@ -14,6 +14,7 @@ include: "rules/phantoms.smk"
 include: "rules/preprocess.smk"
 include: "rules/annotations.smk"
 include: "rules/reports.smk"
+include: "rules/inference.smk"
 
 
 rule all:
@@ -22,3 +23,4 @@ rule all:
         rules.preprocess.input,
         rules.annotations.input,
         rules.reports.input,
+        rules.inference.input,

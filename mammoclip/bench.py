@@ -210,3 +210,72 @@ if __name__ == "__main__":  # pragma: no cover - manual run: python -m mammoclip
     print(format_benchmark(benchmark_preprocessing(work, scale=factor, repeats=2)))
     print()
     print(format_benchmark(benchmark_processes(work, scale=factor)))
+
+
+def benchmark_inference(
+    encoder: str,
+    *,
+    height: int,
+    width: int,
+    batch_size: int = 8,
+    batches: int = 3,
+    device: str = "auto",
+    precision: str = "fp32",
+    channels_last: bool = True,
+) -> dict[str, object]:
+    """Images/second and peak memory of an image encoder's forward pass under ``torch.inference_mode``.
+
+    ``precision``: ``fp32``, or ``bf16``/``fp16`` autocast (GPU). One warm-up batch is not timed. Peak
+    memory is the process's peak resident size on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU.
+    """
+    import resource
+
+    import torch
+
+    from mammoclip.inference import pick_device
+    from mammoclip.models.image_encoders import build_image_encoder
+
+    dev = pick_device(device)
+    model = build_image_encoder(encoder, pretrained=False).to(dev).eval()
+    x = torch.randn(batch_size, 3, height, width, device=dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"precision must be one of {sorted(dtypes)}, got {precision!r}")
+    autocast = (
+        torch.autocast(dev.type, dtype=dtypes[precision])
+        if dtypes[precision] is not None
+        else torch.autocast(dev.type, enabled=False)
+    )
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    with torch.inference_mode(), autocast:
+        model(x)  # warm-up (allocations, cuDNN autotuning)
+        sync()
+        start = time.perf_counter()
+        for _ in range(batches):
+            out = model(x)
+        sync()
+        seconds = time.perf_counter() - start
+    if dev.type == "cuda":
+        peak_mib = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "encoder": encoder,
+        "device": str(dev),
+        "precision": precision,
+        "input": f"{batch_size}x3x{height}x{width}",
+        "images_per_s": batches * batch_size / seconds,
+        "seconds_per_batch": seconds / batches,
+        "peak_memory_mib": peak_mib,
+        "out_dim": int(out.shape[-1]),
+        "threads": torch.get_num_threads(),
+    }

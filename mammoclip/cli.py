@@ -1,6 +1,9 @@
 """The ``mammoclip`` command line.
 
 Examples:
+  mammoclip embed b5-model-best-epoch-7.tar results/png/vindr -o vindr-embeddings.parquet
+  mammoclip score b5-model-best-epoch-7.tar scans/ --prompts "no mass" "mass" -o mass.csv
+  mammoclip score model.tar results/preprocess/rsna/manifest.csv --prompts-file prompts.yaml -o scores.csv
   mammoclip version
   mammoclip bench preprocess --images 4 --scale 1.0
   mammoclip check-config config/paper.yaml
@@ -36,6 +39,98 @@ def _bench_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_for_inference(args: argparse.Namespace):
+    from mammoclip.checkpoints import load_clip
+    from mammoclip.inference import list_inputs, pick_device
+
+    inputs = list_inputs(args.images)  # cheap checks first: no model load for an empty input
+    device = pick_device(args.device)
+    model, tokenizer, info = load_clip(args.checkpoint, text_backbone=args.text_backbone)
+    return inputs, device, model, tokenizer
+
+
+def _provenance(args: argparse.Namespace, n_images: int) -> dict:
+    from mammoclip.provenance import provenance
+
+    return provenance(
+        checkpoint=str(Path(args.checkpoint).resolve()),
+        images=str(args.images),
+        n_images=n_images,
+        height=args.height,
+        width=args.width,
+        legacy=args.legacy,
+    )
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from mammoclip.inference import embed_images, write_embeddings
+
+    inputs, device, model, _ = _load_for_inference(args)
+    raw, projected = embed_images(
+        model,
+        inputs,
+        height=args.height,
+        width=args.width,
+        batch_size=args.batch_size,
+        device=device,
+        num_workers=args.workers,
+        legacy=args.legacy,
+    )
+    write_embeddings(args.output, inputs["image_id"], raw, projected, _provenance(args, len(inputs)))
+    dims = f"{raw.shape[1]} raw, {projected.shape[1]} projected"
+    print(f"wrote {len(inputs)} embeddings ({dims}) to {args.output}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from mammoclip.inference import InferenceError, embed_images, read_prompts, score_embeddings
+
+    if args.prompts_file:
+        tasks = read_prompts(args.prompts_file)
+    elif args.prompts and len(args.prompts) >= 2:
+        tasks = {"score": {p: [p] for p in args.prompts}}
+    else:
+        raise InferenceError("give at least two prompts (--prompts 'no mass' 'mass') or --prompts-file")
+    inputs, device, model, tokenizer = _load_for_inference(args)
+    _, projected = embed_images(
+        model,
+        inputs,
+        height=args.height,
+        width=args.width,
+        batch_size=args.batch_size,
+        device=device,
+        num_workers=args.workers,
+        legacy=args.legacy,
+    )
+    scores = score_embeddings(model, tokenizer, inputs["image_id"], projected, tasks, device=device)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    scores.to_csv(args.output, index=False)
+    print(f"wrote scores of {len(inputs)} images for {len(tasks)} task(s) to {args.output}")
+    return 0
+
+
+def _bench_inference(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from mammoclip.bench import benchmark_inference, format_benchmark
+
+    rows = [
+        benchmark_inference(
+            args.encoder,
+            height=args.height,
+            width=args.width,
+            batch_size=args.batch_size,
+            batches=args.batches,
+            device=args.device,
+            precision=precision,
+            channels_last=not args.no_channels_last,
+        )
+        for precision in args.precision
+    ]
+    print(format_benchmark(pd.DataFrame(rows)))
+    return 0
+
+
 def _check_config(args: argparse.Namespace) -> int:
     from mammoclip.config import ConfigError, fill_defaults, load_config, load_schema, read_yaml
 
@@ -61,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("version", help="print the package and code version")
@@ -72,6 +168,56 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("configfiles", nargs="+", help="YAML config files, later ones override earlier ones")
     check.add_argument("--show", action="store_true", help="print the config with every default filled in")
     check.set_defaults(func=_check_config)
+
+    def inference_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "checkpoint", help="a released Mammo-CLIP .tar or a checkpoint written by this pipeline"
+        )
+        p.add_argument(
+            "images",
+            help="a folder of PNG/DICOM files, a CSV (image_id + path/png_path; a preprocessing manifest "
+            "works), or one image",
+        )
+        p.add_argument("-o", "--output", required=True, help="output file")
+        p.add_argument("--height", type=int, default=1520, help="model input height (default 1520)")
+        p.add_argument("--width", type=int, default=912, help="model input width (default 912)")
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
+        p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+        p.add_argument(
+            "--text-backbone",
+            help="folder or Hugging Face cache name of the text model (tokenizer) for released checkpoints "
+            "(default emilyalsentzer/Bio_ClinicalBERT, read offline); our checkpoints carry their own",
+        )
+        p.add_argument("--legacy", action="store_true", help="DICOM inputs: upstream's preprocessing quirks")
+
+    embed = sub.add_parser(
+        "embed",
+        help="per-image raw (encoder) and projected (512-d) embeddings",
+        description="Writes image_id, raw encoder features and normalised projected embeddings to "
+        "Parquet (.parquet) or NumPy (.npz), with provenance metadata.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  mammoclip embed b5-model-best-epoch-7.tar results/png/vindr -o vindr.parquet",
+    )
+    inference_arguments(embed)
+    embed.set_defaults(func=_embed)
+
+    score = sub.add_parser(
+        "score",
+        help="per-image class probabilities for prompt pairs or prompt sets",
+        description="Class probabilities softmax(exp(logit_scale) * cosine(image, class)); a class with "
+        "several prompts uses the normalised mean of their embeddings. Output CSV: image_id, task, class, "
+        "probability, predicted.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  mammoclip score model.tar scans/ --prompts 'no mass' 'mass' -o mass.csv\n"
+        "  mammoclip score model.tar scans/ --prompts-file prompts.yaml -o scores.csv\n"
+        "prompts.yaml: {mass: {absent: [no mass], present: [mass, a mass is seen]}, ...}",
+    )
+    inference_arguments(score)
+    group = score.add_mutually_exclusive_group(required=True)
+    group.add_argument("--prompts", nargs="+", help="one prompt per class, e.g. 'no mass' 'mass'")
+    group.add_argument("--prompts-file", help="YAML/JSON: {task: {class: [prompts]}} or {class: [prompts]}")
+    score.set_defaults(func=_score)
 
     bench = sub.add_parser("bench", help="benchmarks (not part of the test suite)")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
@@ -103,12 +249,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("--csv", help="also write the table to this CSV")
     pre.set_defaults(func=_bench_preprocess)
+    inf = bench_sub.add_parser(
+        "inference",
+        help="image-encoder throughput (images/s) and peak memory",
+        description="Times the image encoder's forward pass with torch.inference_mode, channels-last and "
+        "(GPU) autocast, on random input of the given size.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  mammoclip bench inference --encoder efficientnet_b0 --height 256 --width 160\n"
+        "  mammoclip bench inference --encoder tf_efficientnet_b5_ns-detect --batch-size 1 --batches 2\n"
+        "  mammoclip bench inference --encoder tf_efficientnet_b5_ns-detect --device cuda "
+        "--precision fp32 --precision bf16 --precision fp16",
+    )
+    inf.add_argument(
+        "--encoder", default="tf_efficientnet_b5_ns-detect", help="legacy name or any timm model"
+    )
+    inf.add_argument("--height", type=int, default=1520)
+    inf.add_argument("--width", type=int, default=912)
+    inf.add_argument("--batch-size", type=int, default=8)
+    inf.add_argument("--batches", type=int, default=3, help="timed batches after one warm-up batch")
+    inf.add_argument("--device", default="auto")
+    inf.add_argument(
+        "--precision",
+        action="append",
+        choices=["fp32", "bf16", "fp16"],
+        help="repeat for several (default fp32)",
+    )
+    inf.add_argument("--no-channels-last", action="store_true")
+    inf.set_defaults(func=_bench_inference)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except Exception as err:
+        if args.debug or not _is_user_error(err):
+            raise
+        print(f"mammoclip: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(err: Exception) -> bool:
+    """Errors about the user's input (bad file, checkpoint, value): one line, no traceback."""
+    from mammoclip.checkpoints import CheckpointError
+    from mammoclip.config import ConfigError
+    from mammoclip.inference import InferenceError
+
+    return isinstance(err, InferenceError | CheckpointError | ConfigError | FileNotFoundError)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "version":
         from mammoclip.provenance import code_version
 
@@ -116,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if getattr(args, "syntax", "unset") is None:
         args.syntax = ["jpeg2000", "uncompressed"]
+    if getattr(args, "precision", "unset") is None:
+        args.precision = ["fp32"]
     return int(args.func(args))
 
 

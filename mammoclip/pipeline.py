@@ -196,3 +196,57 @@ def prepare_rsna_folds(
     else:
         folds = make_rsna_folds(train, n_folds=n_folds, seed=seed)
     return join_rsna_manifest(folds, read_manifest(manifest_csv))
+
+
+def embed_dataset(
+    manifest_csv: str | Path,
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    height: int,
+    width: int,
+    batch_size: int,
+    text_backbone: str,
+    threads: int = 1,
+) -> None:
+    """Raw and projected embeddings of every converted image of a dataset, with provenance metadata."""
+    import torch
+
+    from mammoclip.checkpoints import load_clip
+    from mammoclip.inference import embed_images, list_inputs, write_embeddings
+    from mammoclip.provenance import provenance
+
+    torch.set_num_threads(max(threads, 1))
+    inputs = list_inputs(manifest_csv)
+    model, _, info = load_clip(checkpoint, text_backbone=text_backbone)
+    raw, projected = embed_images(model, inputs, height=height, width=width, batch_size=batch_size)
+    metadata = provenance(checkpoint=str(checkpoint), data=str(manifest_csv), height=height, width=width)
+    write_embeddings(output, inputs["image_id"], raw, projected, metadata)
+    log.info(
+        "embedded %d images with %s: raw %s, projected %s",
+        len(inputs),
+        checkpoint,
+        raw.shape,
+        projected.shape,
+    )
+
+
+def score_dataset(
+    embeddings: str | Path,
+    checkpoint: str | Path,
+    *,
+    prompts: dict[str, dict[str, list[str]]],
+    text_backbone: str,
+) -> pd.DataFrame:
+    """Per-image class probabilities of every prompt task, from stored embeddings."""
+    from mammoclip.checkpoints import load_clip
+    from mammoclip.inference import read_embeddings, score_embeddings
+    from mammoclip.provenance import code_version
+
+    image_ids, _, projected, _ = read_embeddings(embeddings)
+    model, tokenizer, _ = load_clip(checkpoint, text_backbone=text_backbone)
+    scores = score_embeddings(model, tokenizer, image_ids, projected, prompts)
+    scores["checkpoint"] = str(checkpoint)
+    scores["code_version"] = code_version()
+    log.info("scored %d images on %d task(s)", len(image_ids), len(prompts))
+    return scores

@@ -1,3 +1,4 @@
+import re
 import sys
 from pathlib import Path
 
@@ -28,11 +29,18 @@ try:
 except DatasetError as err:
     raise WorkflowError(str(err)) from None
 SHARDS = list(range(config["preprocess"]["shards"]))
+# Models evaluated downstream, by name (the checkpoint's file stem).
+CHECKPOINTS = {}
+if config["pretrained_checkpoint"]:
+    CHECKPOINTS[Path(config["pretrained_checkpoint"]).stem] = config[
+        "pretrained_checkpoint"
+    ]
 
 
 wildcard_constraints:
     dataset="|".join(ENABLED_DATASETS) or "__none__",
     shard=r"\d+",
+    model="|".join(re.escape(m) for m in CHECKPOINTS) or "__none__",
 
 
 def metadata_csv(wildcards):

@@ -45,8 +45,10 @@ def make_workdir(path: Path, config: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    workdir = make_workdir(tmp_path_factory.mktemp("wf"), TINY)
+def demo(tmp_path_factory, tiny_clip_checkpoint) -> Path:
+    workdir = make_workdir(
+        tmp_path_factory.mktemp("wf"), {**TINY, "pretrained_checkpoint": str(tiny_clip_checkpoint)}
+    )
     snakemake(workdir)
     return workdir
 
@@ -120,6 +122,24 @@ def test_annotation_and_report_tables(demo):
     assert all(len(t) == 2 and t == a for t, a in zip(reports["text"], reports["text_augment"], strict=True))
     # no sentence periods survive cleaning; only decimal points inside numbers (legacy: false)
     assert not any(re.search(r"\.(?!\d)", t) for row in reports["text"] for t in row)
+
+
+def test_embeddings_and_scores_of_every_dataset(demo):
+    from mammoclip.inference import read_embeddings
+
+    for dataset in ("vindr", "rsna", "inhouse"):
+        manifest = pd.read_csv(demo / "results/preprocess" / dataset / "manifest.csv", dtype=str)
+        ids, raw, projected, meta = read_embeddings(
+            demo / "results/embeddings" / dataset / "tiny-clip.parquet"
+        )
+        assert sorted(ids) == sorted(manifest["image_id"])
+        assert projected.shape == (len(ids), 32) and raw.shape[0] == len(ids)
+        assert meta["checkpoint"].endswith("tiny-clip.tar") and (meta["height"], meta["width"]) == (128, 80)
+        scores = pd.read_csv(demo / "results/scores" / dataset / "tiny-clip.csv", dtype={"image_id": str})
+        assert set(scores["task"]) == {"mass", "suspicious_calcification", "malignancy"}
+        assert len(scores) == len(ids) * 3 * 2
+        sums = scores.groupby(["image_id", "task"])["probability"].sum()
+        assert ((sums - 1).abs() < 1e-6).all()
 
 
 def test_missing_translation_models_stop_the_rule_with_instructions(demo, tmp_path):

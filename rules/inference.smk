@@ -1,0 +1,51 @@
+# Per-image embeddings (raw and projected) and prompt scores of the configured datasets.
+# The model is `pretrained_checkpoint` (e.g. a released Mammo-CLIP checkpoint).
+
+
+rule embed_images:
+    input:
+        manifest="results/preprocess/{dataset}/manifest.csv",
+        checkpoint=lambda wc: CHECKPOINTS[wc.model],
+    output:
+        embeddings="results/embeddings/{dataset}/{model}."
+        + config["inference"]["embedding_format"],
+    log:
+        "logs/inference/embed_{dataset}_{model}.log",
+    benchmark:
+        "benchmarks/inference/embed_{dataset}_{model}.tsv"
+    conda:
+        "../envs/mammoclip.yaml"
+    threads: 2
+    params:
+        height=config["preprocess"]["height"],
+        width=config["preprocess"]["width"],
+        batch_size=config["inference"]["batch_size"],
+        text_backbone=config["text_backbone"],
+    script:
+        "../workflow_scripts/embed_images.py"
+
+
+rule score_images:
+    input:
+        embeddings=rules.embed_images.output.embeddings,
+        checkpoint=lambda wc: CHECKPOINTS[wc.model],
+    output:
+        scores="results/scores/{dataset}/{model}.csv",
+    log:
+        "logs/inference/score_{dataset}_{model}.log",
+    conda:
+        "../envs/mammoclip.yaml"
+    params:
+        prompts=config["inference"]["prompts"],
+        text_backbone=config["text_backbone"],
+    script:
+        "../workflow_scripts/score_images.py"
+
+
+rule inference:
+    input:
+        expand(
+            "results/scores/{dataset}/{model}.csv",
+            dataset=ENABLED_DATASETS,
+            model=CHECKPOINTS,
+        ),
