@@ -185,9 +185,8 @@ def embed_images(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Raw pooled encoder features ``[N, D]`` and normalised projected embeddings ``[N, P]`` (float32)."""
     device = device or pick_device()
-    model = model.to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # channels-last: also faster on the CPU (legacy B5 at 1520x912: 0.26 vs 0.17 images/s on 2 cores)
+    model = model.to(device).eval().to(memory_format=torch.channels_last)
     loader = DataLoader(
         ImageFiles(inputs, height=height, width=width, legacy=legacy),
         batch_size=batch_size,
@@ -197,9 +196,7 @@ def embed_images(
     raw, projected = [], []
     with torch.inference_mode(), _autocast(device):
         for batch in tqdm(loader, desc="embedding", unit="batch", disable=not progress):
-            batch = batch.to(device, non_blocking=True)
-            if device.type == "cuda":
-                batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             features = model.encode_image(batch)
             embedding = torch.nn.functional.normalize(model.image_projection(features).float(), dim=-1)
             raw.append(features.float().cpu())
