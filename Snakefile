@@ -14,6 +14,7 @@ include: "rules/phantoms.smk"
 include: "rules/preprocess.smk"
 include: "rules/annotations.smk"
 include: "rules/reports.smk"
+include: "rules/pretrain.smk"
 include: "rules/inference.smk"
 
 
@@ -23,4 +24,5 @@ rule all:
         rules.preprocess.input,
         rules.annotations.input,
         rules.reports.input,
+        rules.pretraining.input,
         rules.inference.input,

@@ -39,14 +39,25 @@ def _bench_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_for_inference(args: argparse.Namespace):
+def _embed_inputs(args: argparse.Namespace):
+    """``(inputs, model, tokenizer, device, raw, projected)`` for the images and checkpoint in ``args``."""
     from mammoclip.checkpoints import load_clip
-    from mammoclip.inference import list_inputs, pick_device
+    from mammoclip.inference import embed_images, list_inputs, pick_device
 
     inputs = list_inputs(args.images)  # cheap checks first: no model load for an empty input
     device = pick_device(args.device)
-    model, tokenizer, info = load_clip(args.checkpoint, text_backbone=args.text_backbone)
-    return inputs, device, model, tokenizer
+    model, tokenizer, _ = load_clip(args.checkpoint, text_backbone=args.text_backbone)
+    raw, projected = embed_images(
+        model,
+        inputs,
+        height=args.height,
+        width=args.width,
+        batch_size=args.batch_size,
+        device=device,
+        num_workers=args.workers,
+        legacy=args.legacy,
+    )
+    return inputs, model, tokenizer, device, raw, projected
 
 
 def _provenance(args: argparse.Namespace, n_images: int) -> dict:
@@ -63,19 +74,9 @@ def _provenance(args: argparse.Namespace, n_images: int) -> dict:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from mammoclip.inference import embed_images, write_embeddings
+    from mammoclip.inference import write_embeddings
 
-    inputs, device, model, _ = _load_for_inference(args)
-    raw, projected = embed_images(
-        model,
-        inputs,
-        height=args.height,
-        width=args.width,
-        batch_size=args.batch_size,
-        device=device,
-        num_workers=args.workers,
-        legacy=args.legacy,
-    )
+    inputs, _, _, _, raw, projected = _embed_inputs(args)
     write_embeddings(args.output, inputs["image_id"], raw, projected, _provenance(args, len(inputs)))
     dims = f"{raw.shape[1]} raw, {projected.shape[1]} projected"
     print(f"wrote {len(inputs)} embeddings ({dims}) to {args.output}")
@@ -83,7 +84,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from mammoclip.inference import InferenceError, embed_images, read_prompts, score_embeddings
+    from mammoclip.inference import InferenceError, read_prompts, score_embeddings
 
     if args.prompts_file:
         tasks = read_prompts(args.prompts_file)
@@ -91,17 +92,7 @@ def _score(args: argparse.Namespace) -> int:
         tasks = {"score": {p: [p] for p in args.prompts}}
     else:
         raise InferenceError("give at least two prompts (--prompts 'no mass' 'mass') or --prompts-file")
-    inputs, device, model, tokenizer = _load_for_inference(args)
-    _, projected = embed_images(
-        model,
-        inputs,
-        height=args.height,
-        width=args.width,
-        batch_size=args.batch_size,
-        device=device,
-        num_workers=args.workers,
-        legacy=args.legacy,
-    )
+    inputs, model, tokenizer, device, _, projected = _embed_inputs(args)
     scores = score_embeddings(model, tokenizer, inputs["image_id"], projected, tasks, device=device)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     scores.to_csv(args.output, index=False)

@@ -250,3 +250,57 @@ def score_dataset(
     scores["code_version"] = code_version()
     log.info("scored %d images on %d task(s)", len(image_ids), len(prompts))
     return scores
+
+
+def pretraining_params(
+    inputs: dict[str, str],
+    settings: dict,
+    *,
+    text_backbone: str,
+    height: int,
+    width: int,
+    legacy: bool,
+    seed: int,
+    out_dir: str,
+    threads: int,
+) -> dict:
+    """The plain-data description of a pretraining run (what every torchrun rank reads)."""
+    train_keys = {
+        "epochs": "epochs",
+        "lr": "lr",
+        "weight_decay": "weight_decay",
+        "grad_accum_steps": "grad_accum_steps",
+        "max_grad_norm": "max_grad_norm",
+        "precision": "precision",
+        "batch_size": "batch_size",
+        "num_workers": "num_workers",
+        "i2i_weight": "i2i_weight",
+        "t2t_weight": "t2t_weight",
+        "mask_false_negatives": "mask_false_negatives",
+    }
+    train = {ours: settings[key] for key, ours in train_keys.items()}
+    warmup = settings["warmup_epochs"]
+    train["warmup"] = int(warmup) if float(warmup).is_integer() else float(warmup) / settings["epochs"]
+    if not settings["no_weight_decay_for_norms_biases_and_scale"]:
+        train["no_decay_for"] = ()
+    if legacy:
+        train["clamp_logit_scale"] = None  # upstream never clamps
+    return {
+        "report_table": inputs["reports"],
+        "vindr_table": inputs.get("vindr"),
+        "manifests": [inputs[k] for k in ("reports_manifest", "vindr_manifest") if k in inputs],
+        "text_model": inputs.get("text_model", text_backbone),
+        "image_encoder": settings["image_encoder"],
+        "projection": settings["projection"],
+        "projection_dim": settings["projection_dim"],
+        "pooling": settings["pooling"],
+        "text_max_length": settings["text_max_length"],
+        "val_fold": settings["val_fold"],
+        "height": height,
+        "width": width,
+        "legacy": legacy,
+        "seed": seed,
+        "threads": threads,
+        "out_dir": out_dir,
+        "train": train,
+    }

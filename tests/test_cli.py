@@ -27,7 +27,7 @@ def test_check_config_names_the_bad_key(tmp_path, capsys):
 def test_check_config_show_prints_defaults(capsys):
     assert main(["check-config", "--show", str(ROOT / "config" / "config.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "max_failed_fraction: 0.01" in out and "width: 320" in out
+    assert "max_failed_fraction: 0.01" in out and "width: 160" in out
 
 
 def test_console_script_help_lists_commands():

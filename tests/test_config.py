@@ -28,7 +28,7 @@ def test_empty_config_gets_every_default(schema):
 
 def test_demo_config_overrides_only_what_it_names(schema):
     config = load_config(read_yaml(ROOT / "config" / "config.yaml"), schema)
-    assert (config["preprocess"]["width"], config["preprocess"]["height"]) == (320, 512)
+    assert (config["preprocess"]["width"], config["preprocess"]["height"]) == (160, 256)
     assert config["preprocess"]["max_failed_fraction"] == 0.01  # from the schema
     assert all(config["datasets"][d]["source"] == "phantom" for d in ("vindr", "rsna", "inhouse"))
 

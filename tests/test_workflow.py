@@ -161,6 +161,11 @@ def test_nothing_to_do_on_rerun(demo):
     assert "Nothing to be done" in snakemake(demo, "-n").stdout
 
 
+def test_a_configured_checkpoint_replaces_pretraining(demo):
+    plan = snakemake(demo, "-n", "--forceall").stdout
+    assert "rule embed_images:" in plan and "rule pretrain:" not in plan and "tiny_text_model" not in plan
+
+
 def test_bad_files_are_recorded_then_fail_the_stage_over_the_limit(demo, tmp_path):
     workdir = tmp_path / "bad"
     shutil.copytree(demo, workdir, ignore=shutil.ignore_patterns(".snakemake"))
@@ -208,6 +213,7 @@ def test_png_release_input_builds_the_manifest_without_converting(demo, tmp_path
     workdir = make_workdir(tmp_path / "png", config)
     result = snakemake(workdir)
     assert "phantom_rsna" not in result.stdout + result.stderr
+    assert "no model: set `pretrained_checkpoint`" in result.stderr  # nothing to pretrain on, said so
     manifest = pd.read_csv(workdir / "results/preprocess/rsna/manifest.csv", dtype=str)
     assert (manifest["status"] == "ok").all()
     assert (manifest["png_path"] == manifest["source_path"]).all()
