@@ -1,0 +1,663 @@
+"""Per-run metrics -> the paper's result tables (Markdown + CSV) and a data-efficiency plot.
+
+Inputs
+------
+* A long *runs* table, one row per run (one fold and seed of one model in one setting), with the columns
+  :data:`RUN_COLUMNS`: ``dataset, label, metric, setting (zs|lp|ft), data_frac, model, paper_model,
+  protocol (paper|clean), fold, seed, value, value_low, value_high, majority_baseline, checkpoint,
+  code_version``. ``model`` is our model's name; ``paper_model`` names the column of the paper's results
+  (``clip_rn50, clip_enb5, mc_enb2, mc_enb5, mc_enb5_vindr``) it is compared with, or is empty.
+* The paper's numbers, ``reference/paper-results.csv`` (:func:`read_paper_results`), read off the authors'
+  charts to about +-0.01.
+
+Steps
+-----
+:func:`aggregate_runs` summarises every (dataset, label, metric, setting, data_frac, model, protocol) over its
+folds and seeds with :func:`mammoclip.evaluate.metrics.summarise_runs` (mean, sample std, ``n`` finite
+values, ``n_nan``); a group of a single run keeps that run's bootstrap interval. Checkpoints and code versions
+are joined so every result row says what produced it. :func:`paper_table` lays one protocol out like the
+paper (per label: zero-shot, linear probe 10/50/100 %, finetune), one column group per model: ours, the
+paper's value and ours - paper; density rows show the majority-class baseline (~0.77 on the VinDr test
+split, so density accuracy must be read against it). A cell without runs is empty (NaN / ``""``), never 0.
+:func:`to_markdown` / :func:`write_table_files` render it; the caption always names the protocol and the
+metric per dataset. :func:`data_efficiency_plot` draws metric vs data fraction with Pillow (matplotlib is not
+installed in this environment); the PNG has no metadata, so equal inputs give equal bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mammoclip.evaluate.metrics import summarise_runs
+
+__all__ = [
+    "PAPER_MODELS",
+    "PROTOCOL_CAPTIONS",
+    "RUN_COLUMNS",
+    "aggregate_runs",
+    "caption_for",
+    "data_efficiency_plot",
+    "paper_table",
+    "read_paper_results",
+    "to_markdown",
+    "write_table_files",
+]
+
+log = logging.getLogger(__name__)
+
+NAN = float("nan")
+
+KEY = ["dataset", "label", "metric", "setting", "data_frac"]
+GROUP = [*KEY, "model", "protocol"]
+RUN_COLUMNS = [
+    "dataset",
+    "label",
+    "metric",
+    "setting",
+    "data_frac",
+    "model",
+    "paper_model",
+    "protocol",
+    "fold",
+    "seed",
+    "value",
+    "value_low",
+    "value_high",
+    "majority_baseline",
+    "checkpoint",
+    "code_version",
+]
+_REQUIRED = ["dataset", "label", "metric", "setting", "data_frac", "model", "protocol", "value"]
+_OPTIONAL_NUMERIC = ["value_low", "value_high", "majority_baseline"]
+_OPTIONAL_TEXT = ["paper_model", "checkpoint", "code_version"]
+
+#: the model columns of ``paper-results.csv``, in the paper's order
+PAPER_MODELS = ["clip_rn50", "clip_enb5", "mc_enb2", "mc_enb5", "mc_enb5_vindr"]
+SETTING_ORDER = ["zs", "lp", "ft", "freeze", "weak"]
+SETTING_NAMES = {
+    "zs": "zero-shot",
+    "lp": "linear probe",
+    "ft": "finetune",
+    "freeze": "frozen encoder",
+    "weak": "weak localisation",
+}
+METRIC_NAMES = {"auroc": "AUROC", "accuracy": "accuracy", "macro_f1": "macro F1", "map50": "mAP@0.5"}
+PROTOCOL_CAPTIONS = {
+    "paper": (
+        "paper protocol: best epoch chosen on the reported split (upstream): VinDr test split, RSNA fold 0 "
+        "(trained on folds 1+2); VinDr classification on finding rows. Optimistic by construction"
+    ),
+    "clean": (
+        "clean protocol: best epoch chosen on a held-out validation part of the training data; image-level "
+        "labels; all folds. The reported split is never used for model selection"
+    ),
+}
+_FRAC_DECIMALS = 6
+
+
+# ------------------------------------------------------------------------------------------------- inputs
+
+
+def _clean_text(series: pd.Series) -> pd.Series:
+    return series.fillna("").astype(str).str.strip().replace({"nan": "", "None": ""})
+
+
+def _frac(series: pd.Series) -> pd.Series:
+    values = pd.to_numeric(series, errors="raise").astype(np.float64)
+    if values.isna().any() or ((values <= 0) | (values > 1)).any():
+        raise ValueError("data_frac must be in (0, 1]")
+    return values.round(_FRAC_DECIMALS)
+
+
+def read_paper_results(path: str | os.PathLike) -> pd.DataFrame:
+    """The paper's numbers in long form, one row per (dataset, label, metric, setting, data_frac, model).
+
+    Columns: ``dataset, task, label, metric, setting, data_frac, paper_model, paper_value``, in file order
+    and then :data:`PAPER_MODELS` order. Lines starting with ``#`` are comments; blank cells (models the
+    paper does not report) are dropped.
+    """
+    wide = pd.read_csv(path, comment="#", skip_blank_lines=True)
+    missing = [c for c in ["dataset", "task", *KEY[1:]] if c not in wide.columns]
+    models = [c for c in PAPER_MODELS if c in wide.columns]
+    if missing or not models:
+        raise ValueError(f"{path}: not a paper-results table (missing {missing or 'model columns'})")
+    for column in ["dataset", "task", "label", "metric", "setting"]:
+        wide[column] = _clean_text(wide[column])
+    wide["data_frac"] = _frac(wide["data_frac"])
+    wide["_row"] = np.arange(len(wide))
+    long = wide.melt(
+        id_vars=["_row", "dataset", "task", *KEY[1:]],
+        value_vars=models,
+        var_name="paper_model",
+        value_name="paper_value",
+    )
+    long["paper_value"] = pd.to_numeric(long["paper_value"], errors="raise").astype(np.float64)
+    long = long.dropna(subset=["paper_value"])
+    long["_model"] = long["paper_model"].map(models.index)
+    long = long.sort_values(["_row", "_model"], kind="stable").drop(columns=["_row", "_model"])
+    dup = long.duplicated(subset=[*KEY, "paper_model"])
+    if dup.any():
+        raise ValueError(f"{path}: {int(dup.sum())} duplicated paper cells")
+    return long.reset_index(drop=True)[["dataset", "task", *KEY[1:], "paper_model", "paper_value"]]
+
+
+def _check_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in _REQUIRED if c not in runs.columns]
+    if missing:
+        raise ValueError(f"runs table: missing columns {missing}")
+    frame = runs.copy()
+    for column in ["dataset", "label", "metric", "setting", "model", "protocol"]:
+        frame[column] = _clean_text(frame[column])
+        if (frame[column] == "").any():
+            raise ValueError(f"runs table: column {column!r} has empty values")
+    bad = sorted(set(frame["protocol"]) - set(PROTOCOL_CAPTIONS))
+    if bad:
+        raise ValueError(f"runs table: unknown protocol(s) {bad}; expected {sorted(PROTOCOL_CAPTIONS)}")
+    frame["data_frac"] = _frac(frame["data_frac"])
+    for column in ["value", *_OPTIONAL_NUMERIC]:
+        if column not in frame.columns:
+            frame[column] = NAN
+        frame[column] = pd.to_numeric(frame[column], errors="raise").astype(np.float64)
+    for column in [*_OPTIONAL_TEXT, "fold", "seed"]:
+        frame[column] = _clean_text(frame[column]) if column in frame.columns else ""
+    # fold/seed as text: "0" and "0.0" are the same fold
+    for column in ["fold", "seed"]:
+        frame[column] = frame[column].str.replace(r"\.0$", "", regex=True)
+    dup = frame.duplicated(subset=[*GROUP, "fold", "seed"], keep=False)
+    if dup.any():
+        example = frame.loc[dup, [*GROUP, "fold", "seed"]].iloc[0].to_dict()
+        raise ValueError(f"runs table: {int(dup.sum())} rows repeat a (group, fold, seed), e.g. {example}")
+    return frame
+
+
+def _join(values: Iterable[str]) -> str:
+    return "; ".join(sorted({v for v in values if v}))
+
+
+def _sort_key(values: Iterable[str]) -> list:
+    """Sort folds/seeds numerically when they are numbers."""
+
+    def key(v: str):
+        try:
+            return (0, float(v), v)
+        except ValueError:
+            return (1, 0.0, v)
+
+    return sorted({v for v in values if v}, key=key)
+
+
+# -------------------------------------------------------------------------------------------- aggregation
+
+
+def aggregate_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, label, metric, setting, data_frac, model, protocol), summarised over runs.
+
+    Columns: the group keys, ``paper_model``, ``mean``, ``std`` (sample, NaN below two finite values),
+    ``n`` (finite values), ``n_nan``, ``n_runs``, ``value_low``/``value_high`` (the run's bootstrap interval
+    when the group is a single run, NaN otherwise), ``majority_baseline`` (mean over runs, NaN when none),
+    ``folds``, ``seeds``, ``checkpoints`` and ``code_versions`` (sorted unique values joined by ``"; "``;
+    folds and seeds by ``","``). Sorted by the group keys. Raises ``ValueError`` on missing columns, unknown
+    protocols, a (group, fold, seed) given twice, or a model mapped to two different paper models.
+    """
+    frame = _check_runs(runs)
+    rows = []
+    for keys, group in frame.groupby(GROUP, sort=True):
+        paper_models = sorted(set(group["paper_model"]) - {""})
+        if len(paper_models) > 1:
+            raise ValueError(f"runs table: {dict(zip(GROUP, keys, strict=True))} maps to {paper_models}")
+        summary = summarise_runs(group["value"].tolist())
+        single = len(group) == 1
+        baseline = group["majority_baseline"].dropna()
+        if len(baseline) and float(baseline.max() - baseline.min()) > 1e-9:
+            log.warning("aggregate_runs: majority baselines differ within %s; the mean is used", keys)
+        rows.append(
+            {
+                **dict(zip(GROUP, keys, strict=True)),
+                "paper_model": paper_models[0] if paper_models else "",
+                "mean": summary["mean"],
+                "std": summary["std"],
+                "n": summary["n"],
+                "n_nan": summary["n_nan"],
+                "n_runs": len(group),
+                "value_low": float(group["value_low"].iloc[0]) if single else NAN,
+                "value_high": float(group["value_high"].iloc[0]) if single else NAN,
+                "majority_baseline": float(baseline.mean()) if len(baseline) else NAN,
+                "folds": ",".join(_sort_key(group["fold"])),
+                "seeds": ",".join(_sort_key(group["seed"])),
+                "checkpoints": _join(group["checkpoint"]),
+                "code_versions": _join(group["code_version"]),
+            }
+        )
+    columns = [
+        *GROUP,
+        "paper_model",
+        "mean",
+        "std",
+        "n",
+        "n_nan",
+        "n_runs",
+        "value_low",
+        "value_high",
+        "majority_baseline",
+        "folds",
+        "seeds",
+        "checkpoints",
+        "code_versions",
+    ]
+    out = pd.DataFrame(rows, columns=columns)
+    for column in ["n", "n_nan", "n_runs"]:
+        out[column] = out[column].astype(np.int64)
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- table
+
+
+def _fmt(value: float, decimals: int, *, signed: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return ""
+    text = f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
+    return "0.00" if text in {"-0.00", "+0.00"} and decimals == 2 else text
+
+
+def _format_ours(row: dict) -> str:
+    """``mean ± std (n=k)``, or ``value [low, high]`` for a single run; ``""`` without runs."""
+    n_runs, n, mean = row.get("n_runs"), row.get("n"), row.get("mean")
+    if n_runs is None or not n_runs or (isinstance(n_runs, float) and math.isnan(n_runs)):
+        return ""
+    if not n:
+        return f"undefined ({int(n_runs)} run{'s' if n_runs != 1 else ''})"
+    nan_note = f", {int(row['n_nan'])} NaN" if row.get("n_nan") else ""
+    if n >= 2:
+        return f"{mean:.3f} ± {row['std']:.3f} (n={int(n)}{nan_note})"
+    low, high = row.get("value_low", NAN), row.get("value_high", NAN)
+    if n_runs == 1 and math.isfinite(low) and math.isfinite(high):
+        return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{mean:.3f} (n=1{nan_note})"
+
+
+def _order_index(values: Iterable[str], reference: Sequence[str]) -> dict[str, int]:
+    """Position of each value: first by ``reference`` order, then alphabetically."""
+    known = [v for v in dict.fromkeys(reference) if v in set(values)]
+    unknown = sorted(set(values) - set(known))
+    return {v: i for i, v in enumerate([*known, *unknown])}
+
+
+def _model_order(models: dict[str, str]) -> list[str]:
+    def key(model: str):
+        pm = models[model]
+        return (PAPER_MODELS.index(pm) if pm in PAPER_MODELS else len(PAPER_MODELS), model)
+
+    return sorted(models, key=key)
+
+
+def paper_table(aggregated: pd.DataFrame, paper: pd.DataFrame, *, protocol: str) -> pd.DataFrame:
+    """The paper's layout for one protocol: one row per (dataset, label, metric, setting, data_frac).
+
+    Rows are every cell we ran plus every paper cell of the same (dataset, label, metric), ordered as the
+    paper (datasets and labels in ``paper``'s order; zero-shot, linear probe by data fraction, finetune).
+    Columns: ``protocol``, :data:`KEY`, ``majority baseline`` (from the runs; a row without runs takes its
+    label's, as the baseline depends on the evaluation split only) and, for each model (ordered by its paper
+    column), ``<model>`` (formatted: ``mean ± std (n=k)`` or ``value [low, high]``), ``<model> mean``,
+    ``<model> std``, ``<model> n``, ``<model> low``, ``<model> high``, ``<model> checkpoints``; when the
+    model has a ``paper_model``: ``paper <paper_model>`` (the published value) and ``<model> - <paper_model>``
+    (ours mean - paper). Missing values are NaN (numbers) or ``""`` (text), never 0.
+    """
+    if protocol not in PROTOCOL_CAPTIONS:
+        raise ValueError(f"protocol must be one of {sorted(PROTOCOL_CAPTIONS)}, got {protocol!r}")
+    ours = aggregated[aggregated["protocol"] == protocol].copy()
+    ours["data_frac"] = _frac(ours["data_frac"]) if len(ours) else ours["data_frac"]
+    paper = paper.copy()
+    paper["data_frac"] = _frac(paper["data_frac"])
+
+    models: dict[str, str] = {}
+    for model, group in ours.groupby("model", sort=True):
+        mapped = sorted(set(_clean_text(group["paper_model"])) - {""})
+        if len(mapped) > 1:
+            raise ValueError(f"paper_table: model {model!r} is mapped to several paper models {mapped}")
+        models[model] = mapped[0] if mapped else ""
+    model_order = _model_order(models)
+
+    # rows: our cells + the paper's cells of the same (dataset, label, metric)
+    combos = set(map(tuple, ours[["dataset", "label", "metric"]].drop_duplicates().to_numpy().tolist()))
+    paper_rows = paper[
+        [tuple(r) in combos for r in paper[["dataset", "label", "metric"]].to_numpy().tolist()]
+    ]
+    rows = pd.concat([ours[KEY], paper_rows[KEY]], ignore_index=True).drop_duplicates(ignore_index=True)
+    ds_order = _order_index(rows["dataset"], paper["dataset"].tolist())
+    label_order = _order_index(rows["label"], paper["label"].tolist())
+    metric_order = _order_index(rows["metric"], [*paper["metric"].tolist(), *METRIC_NAMES])
+    setting_order = _order_index(rows["setting"], SETTING_ORDER)
+    rows = (
+        rows.assign(
+            _d=rows["dataset"].map(ds_order),
+            _l=rows["label"].map(label_order),
+            _m=rows["metric"].map(metric_order),
+            _s=rows["setting"].map(setting_order),
+        )
+        .sort_values(["_d", "_l", "_m", "_s", "data_frac"], kind="stable")
+        .drop(columns=["_d", "_l", "_m", "_s"])
+        .reset_index(drop=True)
+    )
+
+    table = rows.copy()
+    table.insert(0, "protocol", protocol)
+    # the baseline depends on the evaluation split only, not on setting or data fraction: a row without a
+    # run of its own shows the (dataset, label, metric)'s baseline
+    baseline = ours.groupby(KEY, sort=False)["majority_baseline"].mean()
+    per_label = ours.groupby(["dataset", "label", "metric"], sort=False)["majority_baseline"].mean()
+    table["majority baseline"] = [
+        baseline.get(tuple(k), NAN) if not pd.isna(baseline.get(tuple(k), NAN)) else per_label.get(k[:3], NAN)
+        for k in rows[KEY].itertuples(index=False)
+    ]
+    paper_index = paper.set_index([*KEY, "paper_model"])["paper_value"]
+    ours_index = ours.set_index([*KEY, "model"])
+    for model in model_order:
+        cells = []
+        for k in rows[KEY].itertuples(index=False):
+            idx = (*k, model)
+            cells.append(ours_index.loc[idx].to_dict() if idx in ours_index.index else {})
+        table[model] = [_format_ours(c) for c in cells]
+        table[f"{model} mean"] = [c.get("mean", NAN) for c in cells]
+        table[f"{model} std"] = [c.get("std", NAN) for c in cells]
+        table[f"{model} n"] = pd.array([c.get("n") for c in cells], dtype="Int64")
+        table[f"{model} low"] = [c.get("value_low", NAN) if c.get("n_runs") == 1 else NAN for c in cells]
+        table[f"{model} high"] = [c.get("value_high", NAN) if c.get("n_runs") == 1 else NAN for c in cells]
+        table[f"{model} checkpoints"] = [c.get("checkpoints", "") for c in cells]
+        pm = models[model]
+        if pm:
+            published = [paper_index.get((*k, pm), NAN) for k in rows[KEY].itertuples(index=False)]
+            table[f"paper {pm}"] = np.asarray(published, dtype=np.float64)
+            table[f"{model} - {pm}"] = table[f"{model} mean"].to_numpy(np.float64) - table[f"paper {pm}"]
+    table.attrs["models"] = dict((m, models[m]) for m in model_order)
+    return table
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+
+def caption_for(table: pd.DataFrame, caption: str = "") -> str:
+    """``caption`` followed by the protocol's description and the metric per dataset."""
+    protocols = sorted(set(table["protocol"])) if "protocol" in table.columns else []
+    parts = [caption.strip().rstrip(".")] if caption.strip() else []
+    parts += [PROTOCOL_CAPTIONS.get(p, f"{p} protocol") for p in protocols] or ["protocol: unknown"]
+    metrics = []
+    for dataset, group in table.groupby("dataset", sort=False):
+        per_metric = []
+        for metric, sub in group.groupby("metric", sort=False):
+            labels = ", ".join(dict.fromkeys(sub["label"]))
+            per_metric.append(f"{METRIC_NAMES.get(metric, metric)} ({labels})")
+        metrics.append(f"{dataset}: {'; '.join(per_metric)}")
+    if metrics:
+        parts.append("Metric: " + " | ".join(metrics))
+    if table.get("majority baseline") is not None and table["majority baseline"].notna().any():
+        parts.append("Majority baseline: accuracy of always predicting the most frequent class")
+    parts.append("Ours: mean ± sample std over folds/seeds (n runs) or one run [95 % bootstrap interval]")
+    parts.append("Paper values read off the authors' charts (±0.01); empty cell: no run / not reported")
+    return ". ".join(parts) + "."
+
+
+def _models_from_columns(table: pd.DataFrame) -> dict[str, str]:
+    """``{model: paper_model}`` recovered from the column names (when ``attrs`` were lost, e.g. a CSV)."""
+    models = {}
+    for column in table.columns:
+        if f"{column} mean" in table.columns and f"{column} checkpoints" in table.columns:
+            prefix = f"{column} - "
+            diffs = [c[len(prefix) :] for c in table.columns if c.startswith(prefix)]
+            models[column] = next((pm for pm in diffs if f"paper {pm}" in table.columns), "")
+    return models
+
+
+def _display(table: pd.DataFrame) -> pd.DataFrame:
+    """The human-readable columns of a :func:`paper_table`, all as strings."""
+    out = pd.DataFrame(
+        {
+            "dataset": table["dataset"],
+            "label": table["label"],
+            "metric": table["metric"].map(lambda m: METRIC_NAMES.get(m, m)),
+            "setting": table["setting"].map(lambda s: SETTING_NAMES.get(s, s)),
+            "data": table["data_frac"].map(lambda f: f"{f * 100:g} %"),
+        }
+    )
+    if "majority baseline" in table.columns and table["majority baseline"].notna().any():
+        out["majority baseline"] = table["majority baseline"].map(lambda v: _fmt(v, 3))
+    models = table.attrs.get("models") or _models_from_columns(table)
+    for model, pm in models.items():
+        out[model] = table[model].fillna("")
+        if pm and f"paper {pm}" in table.columns:
+            out[f"paper {pm}"] = table[f"paper {pm}"].map(lambda v: _fmt(v, 2))
+            out[f"{model} - {pm}"] = table[f"{model} - {pm}"].map(lambda v: _fmt(v, 2, signed=True))
+    return out
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(table: pd.DataFrame, *, caption: str = "") -> str:
+    """A GitHub pipe table of :func:`paper_table`'s display columns, preceded by the full caption.
+
+    The caption (:func:`caption_for`) always names the protocol and the metric per dataset. Written without
+    ``tabulate``; the output ends with a newline and depends only on the table.
+    """
+    shown = _display(table)
+    lines = [f"**Table.** {_cell(caption_for(table, caption))}", ""]
+    lines.append("| " + " | ".join(_cell(c) for c in shown.columns) + " |")
+    lines.append("|" + "|".join("---" for _ in shown.columns) + "|")
+    for row in shown.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_table_files(
+    table: pd.DataFrame, out_stem: str | os.PathLike, caption: str = ""
+) -> tuple[Path, Path]:
+    """Write ``<out_stem>.md`` (:func:`to_markdown`) and ``<out_stem>.csv`` (every column, numbers unrounded).
+
+    Bytes are deterministic (UTF-8, ``\\n`` line ends, ``repr``-exact floats, empty for missing). Returns the
+    two paths.
+    """
+    stem = Path(out_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    md, csv = stem.with_name(stem.name + ".md"), stem.with_name(stem.name + ".csv")
+    _write_atomic(md, to_markdown(table, caption=caption).encode("utf-8"))
+    text = table.to_csv(index=False, lineterminator="\n", na_rep="", float_format="%.17g")
+    _write_atomic(csv, text.encode("utf-8"))
+    return md, csv
+
+
+# ------------------------------------------------------------------------------------------------ plotting
+
+_PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75)]
+_PLOT_SETTINGS = ["lp", "ft"]
+
+
+def _dashed(draw, points: list[tuple[float, float]], fill, width: int, dash: int = 8, gap: int = 6) -> None:
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        length = math.hypot(x1 - x0, y1 - y0)
+        pos = 0.0
+        while pos < length:
+            end = min(pos + dash, length)
+            a, b = pos / length, end / length
+            draw.line(
+                [(x0 + (x1 - x0) * a, y0 + (y1 - y0) * a), (x0 + (x1 - x0) * b, y0 + (y1 - y0) * b)],
+                fill=fill,
+                width=width,
+            )
+            pos = end + gap
+
+
+def _marker(draw, x: float, y: float, setting: str, colour, *, hollow: bool, r: int = 5) -> None:
+    box = [x - r, y - r, x + r, y + r]
+    fill, outline = ((255, 255, 255), colour) if hollow else (colour, colour)
+    if setting == "ft":
+        draw.rectangle(box, fill=fill, outline=outline, width=2)
+    else:
+        draw.ellipse(box, fill=fill, outline=outline, width=2)
+
+
+def data_efficiency_plot(
+    aggregated: pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    dataset: str,
+    label: str,
+    paper: pd.DataFrame | None = None,
+    protocol: str | None = None,
+    metric: str | None = None,
+    size: tuple[int, int] = (900, 600),
+) -> Path:
+    """PNG of metric vs training-data fraction for one (dataset, label): one line per model x setting (lp/ft).
+
+    Ours: solid lines, filled markers (circle = linear probe, square = finetune), vertical bars of ±1 std.
+    With ``paper`` (:func:`read_paper_results`), each model's ``paper_model`` values are drawn as dashed
+    lines with hollow markers in the model's colour; a majority-class baseline (density) is a grey dotted
+    line. ``protocol`` keeps one protocol (default: all, named in the legend); ``metric`` defaults to the
+    paper's metric for the label, or the only one present. Drawn with Pillow at a fixed size and saved
+    without metadata, so the same inputs give the same bytes.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    sel = aggregated[
+        (aggregated["dataset"] == dataset)
+        & (aggregated["label"] == label)
+        & aggregated["setting"].isin(_PLOT_SETTINGS)
+    ]
+    if protocol is not None:
+        sel = sel[sel["protocol"] == protocol]
+    ref = pd.DataFrame(columns=[*KEY, "paper_model", "paper_value"]) if paper is None else paper
+    ref = ref[(ref["dataset"] == dataset) & (ref["label"] == label) & ref["setting"].isin(_PLOT_SETTINGS)]
+    if sel.empty:
+        raise ValueError(f"data_efficiency_plot: no lp/ft results for {dataset}/{label}")
+    if metric is None:
+        metrics = sorted(set(sel["metric"]))
+        paper_metrics = [m for m in dict.fromkeys(ref["metric"]) if m in metrics]
+        if paper_metrics:
+            metric = paper_metrics[0]
+        elif len(metrics) == 1:
+            metric = metrics[0]
+        else:
+            raise ValueError(f"data_efficiency_plot: choose metric= among {metrics} for {dataset}/{label}")
+    sel = sel[sel["metric"] == metric].sort_values([*GROUP])
+    ref = ref[ref["metric"] == metric]
+    if sel.empty:
+        raise ValueError(f"data_efficiency_plot: no lp/ft results for {dataset}/{label}/{metric}")
+
+    # series: (legend, colour, setting, dashed, [(frac, value, std)])
+    models = {m: _clean_text(g["paper_model"]).iloc[0] for m, g in sel.groupby("model", sort=True)}
+    order = _model_order(models)
+    protocols = sorted(set(sel["protocol"]))
+    series = []
+    for i, model in enumerate(order):
+        colour = _PALETTE[i % len(_PALETTE)]
+        for setting in _PLOT_SETTINGS:
+            for prot in protocols:
+                g = sel[(sel["model"] == model) & (sel["setting"] == setting) & (sel["protocol"] == prot)]
+                g = g[np.isfinite(g["mean"])]
+                if len(g):
+                    name = f"{model} {setting}" + (f" ({prot})" if len(protocols) > 1 else "")
+                    pts = list(zip(g["data_frac"], g["mean"], g["std"], strict=True))
+                    series.append((name, colour, setting, False, pts))
+            pm = models[model]
+            r = ref[(ref["paper_model"] == pm) & (ref["setting"] == setting)].sort_values("data_frac")
+            if pm and len(r):
+                pts = [(f, v, NAN) for f, v in zip(r["data_frac"], r["paper_value"], strict=True)]
+                series.append((f"paper {pm} {setting}", colour, setting, True, pts))
+
+    baseline = float(sel["majority_baseline"].mean()) if sel["majority_baseline"].notna().any() else NAN
+    values = [baseline] if math.isfinite(baseline) else []
+    values += [v + s * sgn for *_, pts in series for _, v, s in pts for sgn in (-1, 1) if math.isfinite(s)]
+    values += [v for *_, pts in series for _, v, _ in pts]
+    lo, hi = min(values), max(values)
+    lo = max(0.0, math.floor((lo - 0.02) * 20) / 20)
+    hi = min(1.0, math.ceil((hi + 0.02) * 20) / 20)
+    if hi - lo < 0.1:
+        lo, hi = max(0.0, lo - 0.05), min(1.0, hi + 0.05)
+
+    width, height = size
+    try:
+        font = ImageFont.load_default(size=14)
+        small = ImageFont.load_default(size=12)
+    except (TypeError, OSError):  # Pillow without FreeType: fixed bitmap font
+        font = small = ImageFont.load_default()
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 110, width - 250, 60, height - 70
+    black, grey = (0, 0, 0), (220, 220, 220)
+
+    def px(frac: float) -> float:
+        return left + (frac - 0.0) / 1.0 * (right - left)
+
+    def py(value: float) -> float:
+        return bottom - (value - lo) / (hi - lo) * (bottom - top)
+
+    n_ticks = round((hi - lo) / 0.05)
+    step = 0.05 if n_ticks <= 10 else 0.1
+    tick = lo
+    while tick <= hi + 1e-9:
+        y = py(tick)
+        draw.line([(left, y), (right, y)], fill=grey, width=1)
+        draw.text((left - 8, y), f"{tick:.2f}", fill=black, font=small, anchor="rm")
+        tick += step
+    fracs = sorted({f for *_, pts in series for f, _, _ in pts} | {0.1, 0.5, 1.0})
+    for f in fracs:
+        draw.line([(px(f), bottom), (px(f), bottom + 5)], fill=black, width=1)
+        draw.text((px(f), bottom + 8), f"{f * 100:g}%", fill=black, font=small, anchor="mt")
+    draw.rectangle([left, top, right, bottom], outline=black, width=1)
+    title = f"{dataset} {label}: {METRIC_NAMES.get(metric, metric)} vs training data fraction"
+    draw.text(((left + right) / 2, 18), title, fill=black, font=font, anchor="mt")
+    sub = ", ".join(f"{p} protocol" for p in protocols)
+    draw.text(((left + right) / 2, 38), sub, fill=black, font=small, anchor="mt")
+    draw.text(((left + right) / 2, height - 25), "training data fraction", fill=black, font=font, anchor="mm")
+    draw.text((8, (top + bottom) / 2), METRIC_NAMES.get(metric, metric), fill=black, font=font, anchor="lm")
+
+    if math.isfinite(baseline):
+        _dashed(draw, [(left, py(baseline)), (right, py(baseline))], (120, 120, 120), 1, dash=3, gap=4)
+        draw.text(
+            (right - 4, py(baseline) - 3), "majority baseline", fill=(90, 90, 90), font=small, anchor="rb"
+        )
+    for _name, colour, setting, dashed, pts in series:
+        xy = [(px(f), py(v)) for f, v, _ in pts]
+        if dashed:
+            _dashed(draw, xy, colour, 2)
+        elif len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+        for f, v, s in pts:
+            if math.isfinite(s) and s > 0:
+                x = px(f)
+                draw.line([(x, py(v - s)), (x, py(v + s))], fill=colour, width=1)
+                draw.line([(x - 4, py(v - s)), (x + 4, py(v - s))], fill=colour, width=1)
+                draw.line([(x - 4, py(v + s)), (x + 4, py(v + s))], fill=colour, width=1)
+        for x, y in xy:
+            _marker(draw, x, y, setting, colour, hollow=dashed)
+
+    ly = top
+    for name, colour, setting, dashed, _ in series:
+        x0, x1 = right + 15, right + 50
+        if dashed:
+            _dashed(draw, [(x0, ly + 7), (x1, ly + 7)], colour, 2, dash=6, gap=4)
+        else:
+            draw.line([(x0, ly + 7), (x1, ly + 7)], fill=colour, width=2)
+        _marker(draw, (x0 + x1) / 2, ly + 7, setting, colour, hollow=dashed, r=4)
+        draw.text((x1 + 6, ly + 7), name, fill=black, font=small, anchor="lm")
+        ly += 20
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    img.save(tmp, format="PNG", optimize=False, compress_level=9)
+    os.replace(tmp, out)
+    return out

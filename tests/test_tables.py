@@ -1,0 +1,378 @@
+"""mammoclip.tables: per-run metrics -> the paper's tables (Markdown/CSV) and the data-efficiency plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mammoclip.tables import (
+    aggregate_runs,
+    caption_for,
+    data_efficiency_plot,
+    paper_table,
+    read_paper_results,
+    to_markdown,
+    write_table_files,
+)
+
+# An excerpt of reference/paper-results.csv (the real file lives outside the repository).
+PAPER_CSV = """\
+# Mammo-CLIP headline results, read off the authors' charts (+-0.01 per cell).
+# setting: zs = zero-shot; lp = linear probe; ft = finetune.
+dataset,task,label,metric,setting,data_frac,clip_rn50,clip_enb5,mc_enb2,mc_enb5,mc_enb5_vindr
+vindr,classification,Suspicious_Calcification,auroc,zs,1.0,0.37,0.53,0.68,0.61,0.62
+vindr,classification,Mass,auroc,zs,1.0,0.20,0.32,0.58,0.48,0.76
+vindr,classification,Mass,auroc,lp,0.1,0.34,0.52,0.69,0.73,0.80
+vindr,classification,Mass,auroc,lp,0.5,0.42,0.57,0.72,0.78,0.84
+vindr,classification,Mass,auroc,lp,1.0,0.49,0.59,0.73,0.79,0.86
+vindr,classification,Mass,auroc,ft,1.0,0.57,0.78,0.85,0.85,0.88
+vindr,classification,density,accuracy,zs,1.0,0.04,0.10,0.13,0.15,0.15
+vindr,classification,density,accuracy,lp,0.1,0.55,0.76,0.80,0.83,0.83
+vindr,classification,density,accuracy,lp,0.5,0.61,0.76,0.82,0.84,0.86
+vindr,classification,density,accuracy,lp,1.0,0.70,0.78,0.84,0.85,0.86
+vindr,classification,density,accuracy,ft,1.0,0.72,0.83,0.85,0.88,0.88
+rsna,classification,cancer,auroc,zs,1.0,0.28,0.42,0.60,0.62,0.60
+vindr,factor_localization,Mass,iou_hit@0.25,weak,1.0,,,0.38,0.45,
+"""
+REAL_PAPER_CSV = Path("/work/shared/reference/paper-results.csv")
+
+MC, B2, RAW = "mammoclip", "b2-model-best-epoch-7", "imagenet-b5"
+
+
+def _run(label, metric, setting, frac, model, value, *, fold=0, seed=0, protocol="paper", **extra):
+    paper_model = {MC: "mc_enb5", B2: "mc_enb2"}.get(model, "")
+    row = {
+        "dataset": "vindr",
+        "label": label,
+        "metric": metric,
+        "setting": setting,
+        "data_frac": frac,
+        "model": model,
+        "paper_model": paper_model,
+        "protocol": protocol,
+        "fold": fold,
+        "seed": seed,
+        "value": value,
+        "value_low": np.nan,
+        "value_high": np.nan,
+        "majority_baseline": np.nan,
+        "checkpoint": f"ckpt/{model}.tar",
+        "code_version": "abc123",
+    }
+    row.update(extra)
+    return row
+
+
+@pytest.fixture
+def paper(tmp_path):
+    path = tmp_path / "paper-results.csv"
+    path.write_text(PAPER_CSV)
+    return read_paper_results(path)
+
+
+@pytest.fixture
+def runs():
+    rows = [
+        # two folds -> mean 0.72, std sqrt(0.0008)
+        _run("Mass", "auroc", "lp", 0.1, MC, 0.70, fold=0, code_version="abc123"),
+        _run("Mass", "auroc", "lp", 0.1, MC, 0.74, fold=1, code_version="def456"),
+        # a single run keeps its bootstrap interval
+        _run("Mass", "auroc", "lp", 1.0, MC, 0.80, value_low=0.75, value_high=0.85),
+        # one fold undefined (single-class) -> left out of the mean, counted
+        _run("Mass", "auroc", "ft", 1.0, MC, np.nan, fold=0),
+        _run("Mass", "auroc", "ft", 1.0, MC, 0.84, fold=1),
+        # density: two seeds, majority-class baseline
+        _run("density", "accuracy", "lp", 1.0, MC, 0.84, seed=0, majority_baseline=0.77),
+        _run("density", "accuracy", "lp", 1.0, MC, 0.86, seed=1, majority_baseline=0.77),
+        _run("density", "macro_f1", "lp", 1.0, MC, 0.55, seed=0),
+        # a second model compared with mc_enb2, and one without a paper counterpart
+        _run("Mass", "auroc", "lp", 0.1, B2, 0.60, seed=0, checkpoint="ckpt/b2-a.tar"),
+        _run("Mass", "auroc", "lp", 0.1, B2, 0.64, seed=1, checkpoint="ckpt/b2-b.tar"),
+        _run("Mass", "auroc", "lp", 0.5, B2, 0.70),
+        _run("Mass", "auroc", "lp", 0.1, RAW, 0.55),
+        # the clean protocol must not leak into the paper-protocol table
+        _run("Mass", "auroc", "lp", 0.1, MC, 0.65, fold=0, protocol="clean"),
+        _run("Mass", "auroc", "lp", 0.1, MC, 0.67, fold=1, protocol="clean"),
+    ]
+    return pd.DataFrame(rows)
+
+
+def _cell(table, label, setting, frac, column, metric=None):
+    sel = (table["label"] == label) & (table["setting"] == setting) & np.isclose(table["data_frac"], frac)
+    if metric is not None:
+        sel &= table["metric"] == metric
+    assert sel.sum() == 1, (label, setting, frac)
+    return table.loc[sel, column].iloc[0]
+
+
+# ------------------------------------------------------------------------------------------ paper results
+
+
+def test_read_paper_results_long_form(paper):
+    # 13 rows x 5 models, minus 3 blank cells of the localisation row
+    assert len(paper) == 13 * 5 - 3
+    assert list(paper.columns) == [
+        "dataset",
+        "task",
+        "label",
+        "metric",
+        "setting",
+        "data_frac",
+        "paper_model",
+        "paper_value",
+    ]
+    cell = paper[
+        (paper["label"] == "Mass")
+        & (paper["setting"] == "lp")
+        & (paper["data_frac"] == 0.1)
+        & (paper["paper_model"] == "mc_enb5")
+    ]
+    assert cell["paper_value"].tolist() == [0.73]
+    assert not paper["paper_value"].isna().any()
+    loc = paper[paper["setting"] == "weak"]
+    assert sorted(loc["paper_model"]) == ["mc_enb2", "mc_enb5"]
+
+
+@pytest.mark.skipif(not REAL_PAPER_CSV.exists(), reason="reference/paper-results.csv not available")
+def test_read_the_real_paper_results():
+    paper = read_paper_results(REAL_PAPER_CSV)
+    assert not paper.duplicated(
+        subset=["dataset", "task", "label", "metric", "setting", "data_frac", "paper_model"]
+    ).any()
+    density = paper[
+        (paper["label"] == "density") & (paper["setting"] == "ft") & (paper["paper_model"] == "mc_enb5")
+    ]
+    assert density["paper_value"].tolist() == [0.88]
+
+
+# -------------------------------------------------------------------------------------------- aggregation
+
+
+def test_aggregate_means_stds_and_provenance(runs):
+    agg = aggregate_runs(runs)
+    assert len(agg) == 9
+    key = (agg["model"] == MC) & (agg["protocol"] == "paper") & (agg["label"] == "Mass")
+    lp10 = agg[key & (agg["setting"] == "lp") & (agg["data_frac"] == 0.1)].iloc[0]
+    assert lp10["mean"] == pytest.approx(0.72)
+    assert lp10["std"] == pytest.approx(math.sqrt(0.0008))
+    assert (lp10["n"], lp10["n_nan"], lp10["n_runs"]) == (2, 0, 2)
+    assert math.isnan(lp10["value_low"]) and math.isnan(lp10["value_high"])
+    assert lp10["folds"] == "0,1" and lp10["seeds"] == "0"
+    assert lp10["code_versions"] == "abc123; def456"
+    assert lp10["checkpoints"] == "ckpt/mammoclip.tar"
+    assert lp10["paper_model"] == "mc_enb5"
+
+    single = agg[key & (agg["setting"] == "lp") & (agg["data_frac"] == 1.0)].iloc[0]
+    assert (single["mean"], single["value_low"], single["value_high"]) == (0.80, 0.75, 0.85)
+    assert math.isnan(single["std"]) and single["n"] == 1
+
+    ft = agg[key & (agg["setting"] == "ft")].iloc[0]
+    assert (ft["mean"], ft["n"], ft["n_nan"], ft["n_runs"]) == (0.84, 1, 1, 2)
+    assert math.isnan(ft["value_low"])  # two runs: no single bootstrap interval
+
+    dens = agg[(agg["label"] == "density") & (agg["metric"] == "accuracy")].iloc[0]
+    assert dens["mean"] == pytest.approx(0.85) and dens["majority_baseline"] == pytest.approx(0.77)
+    assert dens["seeds"] == "0,1"
+    b2 = agg[(agg["model"] == B2) & (agg["data_frac"] == 0.1)].iloc[0]
+    assert b2["checkpoints"] == "ckpt/b2-a.tar; ckpt/b2-b.tar"
+    clean = agg[agg["protocol"] == "clean"].iloc[0]
+    assert clean["mean"] == pytest.approx(0.66)
+
+
+def test_aggregate_rejects_bad_input(runs):
+    with pytest.raises(ValueError, match="repeat"):
+        aggregate_runs(pd.concat([runs, runs.iloc[[0]]]))
+    bad = runs.copy()
+    bad.loc[0, "protocol"] = "sloppy"
+    with pytest.raises(ValueError, match="unknown protocol"):
+        aggregate_runs(bad)
+    conflict = runs.copy()
+    conflict.loc[1, "paper_model"] = "mc_enb2"
+    with pytest.raises(ValueError, match="maps to"):
+        aggregate_runs(conflict)
+    with pytest.raises(ValueError, match="missing columns"):
+        aggregate_runs(runs.drop(columns=["value"]))
+
+
+# -------------------------------------------------------------------------------------------------- table
+
+
+@pytest.fixture
+def table(runs, paper):
+    return paper_table(aggregate_runs(runs), paper, protocol="paper")
+
+
+def test_paper_table_layout_and_order(table):
+    # Mass: zs, lp 10/50/100 %, ft; density accuracy: the same five; density macro F1: lp 100 % (ours only)
+    layout = list(zip(table["label"], table["metric"], table["setting"], table["data_frac"], strict=True))
+    assert layout == [
+        ("Mass", "auroc", "zs", 1.0),
+        ("Mass", "auroc", "lp", 0.1),
+        ("Mass", "auroc", "lp", 0.5),
+        ("Mass", "auroc", "lp", 1.0),
+        ("Mass", "auroc", "ft", 1.0),
+        ("density", "accuracy", "zs", 1.0),
+        ("density", "accuracy", "lp", 0.1),
+        ("density", "accuracy", "lp", 0.5),
+        ("density", "accuracy", "lp", 1.0),
+        ("density", "accuracy", "ft", 1.0),
+        ("density", "macro_f1", "lp", 1.0),
+    ]
+    assert set(table["protocol"]) == {"paper"}
+    # model column groups, ordered by the paper's columns (mc_enb2 before mc_enb5, unmapped last)
+    assert table.attrs["models"] == {B2: "mc_enb2", MC: "mc_enb5", RAW: ""}
+    assert "paper mc_enb5" in table.columns and f"{MC} - mc_enb5" in table.columns
+    assert not any(c.startswith(f"{RAW} - ") for c in table.columns)
+
+
+def test_paper_value_and_difference_line_up(table):
+    assert _cell(table, "Mass", "lp", 0.1, "paper mc_enb5") == 0.73
+    assert _cell(table, "Mass", "lp", 0.1, f"{MC} mean") == pytest.approx(0.72)
+    assert _cell(table, "Mass", "lp", 0.1, f"{MC} - mc_enb5") == pytest.approx(-0.01)
+    assert _cell(table, "Mass", "lp", 0.1, MC) == "0.720 ± 0.028 (n=2)"
+    assert _cell(table, "Mass", "lp", 1.0, MC) == "0.800 [0.750, 0.850]"
+    assert _cell(table, "Mass", "lp", 1.0, f"{MC} - mc_enb5") == pytest.approx(0.80 - 0.79)
+    assert _cell(table, "Mass", "ft", 1.0, MC) == "0.840 (n=1, 1 NaN)"
+    # the second model is compared with its own paper column
+    assert _cell(table, "Mass", "lp", 0.1, "paper mc_enb2") == 0.69
+    assert _cell(table, "Mass", "lp", 0.1, f"{B2} - mc_enb2") == pytest.approx(0.62 - 0.69)
+    assert _cell(table, "Mass", "lp", 0.5, f"{B2} - mc_enb2") == pytest.approx(0.70 - 0.72)
+    assert _cell(table, "Mass", "lp", 0.1, RAW) == "0.550 (n=1)"  # no interval given
+    # the clean-protocol runs (mean 0.66) are not in the paper-protocol table
+    assert 0.66 not in table[f"{MC} mean"].round(6).tolist()
+
+
+def test_missing_cells_are_empty_not_zero(table):
+    # no mammoclip run for Mass lp 50 %: ours and the difference are empty, the paper value is shown
+    assert _cell(table, "Mass", "lp", 0.5, MC) == ""
+    assert math.isnan(_cell(table, "Mass", "lp", 0.5, f"{MC} mean"))
+    assert math.isnan(_cell(table, "Mass", "lp", 0.5, f"{MC} - mc_enb5"))
+    assert pd.isna(_cell(table, "Mass", "lp", 0.5, f"{MC} n"))
+    assert _cell(table, "Mass", "lp", 0.5, "paper mc_enb5") == 0.78
+    # no paper value for macro F1
+    assert math.isnan(_cell(table, "density", "lp", 1.0, "paper mc_enb5", metric="macro_f1"))
+    # a model without any run in a row: every number of ours is missing, the paper value is not
+    for column in ["mean", "std", "low", "high", "- mc_enb2"]:
+        assert pd.isna(_cell(table, "Mass", "lp", 1.0, f"{B2} {column}"))
+    assert pd.isna(_cell(table, "Mass", "lp", 1.0, f"{B2} n"))
+    assert _cell(table, "Mass", "lp", 1.0, B2) == ""
+    assert _cell(table, "Mass", "lp", 1.0, "paper mc_enb2") == 0.73
+
+
+def test_density_row_shows_majority_baseline(table):
+    assert _cell(table, "density", "lp", 1.0, "majority baseline", metric="accuracy") == pytest.approx(0.77)
+    assert _cell(table, "density", "lp", 1.0, "paper mc_enb5", metric="accuracy") == 0.85
+    assert _cell(table, "density", "lp", 1.0, f"{MC} - mc_enb5", metric="accuracy") == pytest.approx(0.0)
+    assert table.loc[table["label"] == "Mass", "majority baseline"].isna().all()
+    # density rows without runs show the label's baseline too (same evaluation split)
+    assert _cell(table, "density", "zs", 1.0, "majority baseline", metric="accuracy") == pytest.approx(0.77)
+    assert pd.isna(_cell(table, "density", "lp", 1.0, "majority baseline", metric="macro_f1"))
+    md = to_markdown(table)
+    row = next(line for line in md.splitlines() if "| density | accuracy | linear probe | 100 % |" in line)
+    assert row.startswith("| vindr | density | accuracy | linear probe | 100 % | 0.770 |")
+    assert "| 0.850 ± 0.014 (n=2) | 0.85 | 0.00 |" in row
+
+
+def test_caption_names_protocol_and_metrics(runs, paper, table):
+    caption = caption_for(table, "VinDr classification")
+    assert caption.startswith("VinDr classification. paper protocol: best epoch chosen on the reported split")
+    assert "vindr: AUROC (Mass); accuracy (density); macro F1 (density)" in caption
+    assert "Majority baseline" in caption
+    clean = paper_table(aggregate_runs(runs), paper, protocol="clean")
+    assert "clean protocol: best epoch chosen on a held-out validation part" in caption_for(clean)
+    assert len(clean) == 5 and _cell(clean, "Mass", "lp", 0.1, "paper mc_enb5") == 0.73
+    with pytest.raises(ValueError, match="protocol"):
+        paper_table(aggregate_runs(runs), paper, protocol="other")
+
+
+def test_markdown_header_and_rows(table):
+    md = to_markdown(table, caption="VinDr")
+    lines = md.splitlines()
+    assert lines[0].startswith("**Table.** VinDr. paper protocol:")
+    header, rule, *rows = lines[2:]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns == [
+        "dataset",
+        "label",
+        "metric",
+        "setting",
+        "data",
+        "majority baseline",
+        B2,
+        "paper mc_enb2",
+        f"{B2} - mc_enb2",
+        MC,
+        "paper mc_enb5",
+        f"{MC} - mc_enb5",
+        RAW,
+    ]
+    assert rule == "|" + "|".join(["---"] * len(columns)) + "|"
+    assert len(rows) == len(table) == 11
+    assert all(r.count(" | ") == len(columns) - 1 for r in rows)
+    mass10 = next(r for r in rows if "| Mass | AUROC | linear probe | 10 % |" in r)
+    assert "| 0.720 ± 0.028 (n=2) | 0.73 | -0.01 |" in mass10
+    mass50 = next(r for r in rows if "| Mass | AUROC | linear probe | 50 % |" in r)
+    assert "|  | 0.78 |  |" in mass50  # ours and the difference empty, paper shown
+    assert md.endswith("\n")
+
+
+def test_write_table_files_is_deterministic(table, tmp_path):
+    md1, csv1 = write_table_files(table, tmp_path / "a" / "vindr", "VinDr")
+    md2, csv2 = write_table_files(table.copy(), tmp_path / "b" / "vindr", "VinDr")
+    assert (md1.name, csv1.name) == ("vindr.md", "vindr.csv")
+    assert csv1.read_bytes() == csv2.read_bytes() and md1.read_bytes() == md2.read_bytes()
+    assert md1.read_text() == to_markdown(table, caption="VinDr")
+    back = pd.read_csv(csv1)
+    assert len(back) == 11 and "paper mc_enb5" in back.columns
+    assert b"\r" not in csv1.read_bytes()
+    mass10 = back[(back["label"] == "Mass") & (back["setting"] == "lp") & (back["data_frac"] == 0.1)].iloc[0]
+    assert mass10["paper mc_enb5"] == 0.73 and mass10[f"{MC} mean"] == pytest.approx(0.72)
+    assert math.isnan(back.loc[(back["label"] == "Mass") & (back["data_frac"] == 0.5), f"{MC} mean"].iloc[0])
+    # a table read back from CSV (attrs lost) renders the same Markdown
+    back.attrs = {}
+    assert to_markdown(back, caption="VinDr") == to_markdown(table, caption="VinDr")
+
+
+# ------------------------------------------------------------------------------------------------ plotting
+
+
+def test_data_efficiency_plot(runs, paper, tmp_path):
+    from PIL import Image
+
+    agg = aggregate_runs(runs)
+    a = data_efficiency_plot(
+        agg, tmp_path / "a.png", dataset="vindr", label="Mass", paper=paper, protocol="paper"
+    )
+    b = data_efficiency_plot(
+        agg, tmp_path / "b.png", dataset="vindr", label="Mass", paper=paper, protocol="paper"
+    )
+    data = a.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
+    assert data == b.read_bytes()
+    assert b"tIME" not in data and b"tEXt" not in data
+    with Image.open(a) as img:
+        assert img.size == (900, 600)
+        pixels = np.asarray(img.convert("RGB"))
+    # the mammoclip series (first palette colour after mc_enb2's) and the dashed paper line are drawn
+    colours = {tuple(p) for p in pixels.reshape(-1, 3)[::7].tolist()}
+    assert (31, 119, 180) in colours and (214, 39, 40) in colours
+    # without the paper's values the picture differs (no dashed reference lines)
+    c = data_efficiency_plot(agg, tmp_path / "c.png", dataset="vindr", label="Mass", protocol="paper")
+    assert c.read_bytes() != data
+    # density: the paper's metric (accuracy) is chosen over macro F1
+    d = data_efficiency_plot(agg, tmp_path / "d.png", dataset="vindr", label="density", paper=paper)
+    assert d.stat().st_size > 1000
+
+    def grey_pixels(path):  # the majority-baseline line is (120, 120, 120)
+        with Image.open(path) as img:
+            return int((np.asarray(img.convert("RGB")) == 120).all(axis=-1).sum())
+
+    assert grey_pixels(d) > 150 > grey_pixels(a)
+    with pytest.raises(ValueError, match="metric"):
+        data_efficiency_plot(agg, tmp_path / "e.png", dataset="vindr", label="density")
+    with pytest.raises(ValueError, match="no lp/ft results"):
+        data_efficiency_plot(agg, tmp_path / "f.png", dataset="rsna", label="cancer", paper=paper)
