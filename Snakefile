@@ -26,3 +26,4 @@ rule all:
         rules.reports.input,
         rules.pretraining.input,
         rules.inference.input,
+        rules.zero_shot_all.input,

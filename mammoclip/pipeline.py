@@ -304,3 +304,37 @@ def pretraining_params(
         "out_dir": out_dir,
         "train": train,
     }
+
+
+def evaluate_zero_shot(
+    dataset: str, scores_csv: str | Path, tables: dict[str, str], *, checkpoint: str, seed: int
+) -> pd.DataFrame:
+    """Zero-shot AUROC of a dataset's prompt scores under the paper and clean protocols, with provenance."""
+    from mammoclip.annotations.tables import read_table
+    from mammoclip.evaluate.zeroshot import evaluate_rsna, evaluate_vindr
+    from mammoclip.provenance import code_version
+
+    scores = pd.read_csv(scores_csv, dtype={"image_id": str})
+    if dataset == "vindr":
+        rows = read_table(tables["rows"], str_columns=("patient_id", "image_id"))
+        images = read_table(tables["images"], str_columns=("patient_id", "image_id"))
+        results = evaluate_vindr(scores, rows, images, seed=seed)
+    elif dataset == "rsna":
+        results = evaluate_rsna(
+            scores, read_table(tables["folds"], str_columns=("patient_id", "image_id")), seed=seed
+        )
+    else:
+        raise ValueError(f"no zero-shot labels for dataset {dataset!r}")
+    for row in results.itertuples():
+        log.info(
+            "%s %s (%s, %s): AUROC %.3f [%.3f, %.3f], n=%d",
+            row.dataset,
+            row.label,
+            row.protocol,
+            row.level,
+            row.value,
+            row.value_low,
+            row.value_high,
+            row.n,
+        )
+    return results.assign(checkpoint=str(checkpoint), seed=seed, code_version=code_version())

@@ -49,3 +49,38 @@ rule inference:
             dataset=ENABLED_DATASETS,
             model=CHECKPOINTS,
         ),
+
+
+ZERO_SHOT_TABLES = {
+    "vindr": {
+        "rows": "results/annotations/vindr/vindr_detection_v1_folds.csv",
+        "images": "results/annotations/vindr/vindr_images.csv",
+    },
+    "rsna": {"folds": "results/annotations/rsna/train_folds.csv"},
+}
+
+
+rule zero_shot:
+    input:
+        unpack(lambda wc: ZERO_SHOT_TABLES[wc.dataset]),
+        scores="results/scores/{dataset}/{model}.csv",
+    output:
+        results="results/zeroshot/{dataset}/{model}.csv",
+    log:
+        "logs/zeroshot/{dataset}_{model}.log",
+    conda:
+        "../envs/mammoclip.yaml"
+    params:
+        checkpoint=lambda wc: CHECKPOINTS[wc.model],
+        seed=config["seed"],
+    script:
+        "../workflow_scripts/zero_shot.py"
+
+
+rule zero_shot_all:
+    input:
+        expand(
+            "results/zeroshot/{dataset}/{model}.csv",
+            dataset=[d for d in ENABLED_DATASETS if d in ZERO_SHOT_TABLES],
+            model=CHECKPOINTS,
+        ),

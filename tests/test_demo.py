@@ -58,6 +58,16 @@ def test_zero_shot_mass_scores_learnt_the_planted_masses(demo_run):
     assert roc_auc_score(mass["Mass"], mass["probability"]) > 0.7
 
 
+def test_zero_shot_results_of_both_protocols(demo_run):
+    results = pd.read_csv(demo_run / "results/zeroshot/vindr/mammoclip.csv")
+    mass = results[results["label"] == "Mass"].set_index("protocol")
+    assert set(mass.index) == {"paper", "clean"} and (mass["n"] == 32).all()  # the 32 test-split images
+    assert (mass["value_low"] <= mass["value"]).all() and (mass["value"] <= mass["value_high"]).all()
+    rsna = pd.read_csv(demo_run / "results/zeroshot/rsna/mammoclip.csv").set_index("protocol")
+    assert rsna.loc["clean", "level"] == "breast" and rsna.loc["paper", "subset"] == "fold == 0"
+    assert (results["checkpoint"] == "results/pretrain/model-best.tar").all()
+
+
 def test_rerun_has_nothing_to_do(demo_run):
     result = subprocess.run(
         [

@@ -1,0 +1,109 @@
+"""Zero-shot evaluation of per-image prompt scores (upstream-mammoclip.md section 9) under both protocols.
+
+The scores come from :func:`mammoclip.inference.score_table` (``image_id, task, class, probability``); a
+task's positive class is its LAST class (``{"no mass": ..., "mass": ...}`` -> "mass"), so the score of an
+image is the probability of that class. Which label a task is evaluated against is :data:`TASK_LABELS`.
+
+* ``paper`` (upstream): VinDr on the finding rows of the test split (an image with several findings counts
+  several times), RSNA per image on fold 0.
+* ``clean``: VinDr per image on the test split, RSNA per breast (mean score of the breast's images, label =
+  any positive image) over all folds (no training happens, so every image can be evaluated); bootstrap
+  intervals resample patients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+
+from mammoclip.evaluate.metrics import aggregate_by, binary_metrics
+
+#: ``{dataset: {scoring task: label column}}``
+TASK_LABELS: Mapping[str, Mapping[str, str]] = {
+    "vindr": {"mass": "Mass", "suspicious_calcification": "Suspicious_Calcification"},
+    "rsna": {"malignancy": "cancer"},
+}
+
+
+def positive_scores(scores: pd.DataFrame, task: str) -> pd.DataFrame:
+    """``image_id, score``: each image's probability of the task's last (positive) class."""
+    rows = scores[scores["task"] == task]
+    if rows.empty:
+        raise ValueError(f"no scores for task {task!r} (tasks: {sorted(scores['task'].unique())})")
+    positive = list(dict.fromkeys(rows["class"]))[-1]
+    out = rows[rows["class"] == positive][["image_id", "probability"]].rename(
+        columns={"probability": "score"}
+    )
+    return out.assign(image_id=out["image_id"].astype(str)).reset_index(drop=True)
+
+
+def _result(dataset, label, task, protocol, level, subset, metrics) -> dict:
+    return {
+        "dataset": dataset,
+        "label": label,
+        "task": task,
+        "metric": "auroc",
+        "setting": "zs",
+        "data_frac": 1.0,
+        "protocol": protocol,
+        "level": level,
+        "subset": subset,
+        "n": metrics["n"],
+        "n_pos": metrics["n_pos"],
+        "value": metrics["auroc"],
+        "value_low": metrics["auroc_low"],
+        "value_high": metrics["auroc_high"],
+        "note": metrics["note"],
+    }
+
+
+def _with_scores(table: pd.DataFrame, scores: pd.DataFrame, what: str) -> pd.DataFrame:
+    ids = table["image_id"].astype(str).str.removesuffix(".png")
+    joined = table.assign(image_id=ids).merge(scores, on="image_id", how="left", validate="many_to_one")
+    missing = joined["score"].isna()
+    if missing.any():
+        examples = ", ".join(joined.loc[missing, "image_id"].iloc[:3])
+        raise ValueError(f"{what}: {int(missing.sum())} image(s) have no score, e.g. {examples}")
+    return joined
+
+
+def evaluate_vindr(
+    scores: pd.DataFrame, rows: pd.DataFrame, images: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """Zero-shot AUROC of the VinDr tasks: paper (test finding rows) and clean (test images)."""
+    results = []
+    for task, label in TASK_LABELS["vindr"].items():
+        if task not in set(scores["task"]):
+            continue
+        task_scores = positive_scores(scores, task)
+        paper = _with_scores(rows[rows["split"] == "test"], task_scores, "VinDr finding rows")
+        metrics = binary_metrics(paper[label], paper["score"], n_boot=n_boot, seed=seed)
+        results.append(_result("vindr", label, task, "paper", "finding rows", "split == test", metrics))
+        clean = _with_scores(images[images["split"] == "test"], task_scores, "VinDr images")
+        metrics = binary_metrics(
+            clean[label], clean["score"], n_boot=n_boot, seed=seed, groups=clean["patient_id"]
+        )
+        results.append(_result("vindr", label, task, "clean", "image", "split == test", metrics))
+    return pd.DataFrame(results)
+
+
+def evaluate_rsna(
+    scores: pd.DataFrame, folds: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """Zero-shot AUROC for RSNA cancer: paper (fold 0, per image) and clean (all folds, per breast)."""
+    results = []
+    for task, label in TASK_LABELS["rsna"].items():
+        if task not in set(scores["task"]):
+            continue
+        table = _with_scores(folds, positive_scores(scores, task), "RSNA images")
+        table[label] = table[label].astype(int)
+        paper = table[table["fold"].astype(int) == 0]
+        metrics = binary_metrics(paper[label], paper["score"], n_boot=n_boot, seed=seed)
+        results.append(_result("rsna", label, task, "paper", "image", "fold == 0", metrics))
+        breasts = aggregate_by(table, ["patient_id", "laterality"], "score", label)
+        metrics = binary_metrics(
+            breasts[label], breasts["score"], n_boot=n_boot, seed=seed, groups=breasts["patient_id"]
+        )
+        results.append(_result("rsna", label, task, "clean", "breast", "all folds", metrics))
+    return pd.DataFrame(results)

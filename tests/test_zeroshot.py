@@ -1,0 +1,88 @@
+"""Zero-shot evaluation: positive class, paper vs clean subsets and levels, hand-computed AUROCs."""
+
+import pandas as pd
+import pytest
+
+from mammoclip.evaluate.zeroshot import evaluate_rsna, evaluate_vindr, positive_scores
+from mammoclip.inference import score_table
+
+
+def _scores(task, classes, probabilities):
+    ids = list(probabilities)
+    positive = [probabilities[i] for i in ids]
+    return score_table(ids, [[1 - p, p] for p in positive], classes, task=task)
+
+
+def test_positive_class_is_the_tasks_last_class():
+    scores = _scores("mass", ["no mass", "mass"], {"a": 0.9, "b": 0.2})
+    assert positive_scores(scores, "mass").set_index("image_id")["score"].to_dict() == {"a": 0.9, "b": 0.2}
+    with pytest.raises(ValueError, match="no scores for task 'calc'"):
+        positive_scores(scores, "calc")
+
+
+def test_vindr_paper_counts_finding_rows_clean_counts_images():
+    scores = _scores("mass", ["no mass", "mass"], {"i1": 0.9, "i2": 0.6, "i3": 0.3, "i4": 0.1})
+    # i1 has two finding rows (a mass and a calcification): counted twice by the paper protocol,
+    # once with Mass 0 - the row-level label conflict upstream's numbers include
+    rows = pd.DataFrame(
+        {
+            "image_id": ["i1.png", "i1.png", "i2.png", "i3.png", "i4.png", "i9.png"],
+            "split": ["test"] * 5 + ["training"],
+            "Mass": [1, 0, 0, 1, 0, 1],
+            "Suspicious_Calcification": [0, 1, 0, 0, 0, 0],
+            "patient_id": ["p1", "p1", "p2", "p3", "p4", "p9"],
+        }
+    )
+    images = pd.DataFrame(
+        {
+            "image_id": ["i1.png", "i2.png", "i3.png", "i4.png"],
+            "split": ["test"] * 4,
+            "Mass": [1, 0, 1, 0],
+            "patient_id": ["p1", "p2", "p3", "p4"],
+        }
+    )
+    results = evaluate_vindr(scores, rows, images, n_boot=50).set_index("protocol")
+    assert results.loc["paper", "n"] == 5 and results.loc["clean", "n"] == 4
+    # paper: positives {0.9, 0.3} vs negatives {0.9, 0.6, 0.1}: (0.5 + 1 + 1 + 0 + 0 + 1) / 6
+    assert results.loc["paper", "value"] == pytest.approx(3.5 / 6)
+    # clean: positives {0.9, 0.3} vs negatives {0.6, 0.1}: 3 of 4 pairs ranked right
+    assert results.loc["clean", "value"] == pytest.approx(0.75)
+    assert set(results["level"]) == {"finding rows", "image"} and (results["setting"] == "zs").all()
+
+
+def test_rsna_paper_is_fold_0_per_image_clean_is_all_breasts():
+    folds = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c", "d", "e", "f"],
+            "patient_id": ["1", "1", "2", "2", "3", "3"],
+            "laterality": ["L", "L", "R", "R", "L", "L"],
+            "cancer": [1, 1, 0, 0, 0, 0],
+            "fold": [0, 0, 0, 0, 1, 1],
+        }
+    )
+    scores = _scores(
+        "malignancy",
+        ["no malignancy", "malignancy"],
+        dict(zip("abcdef", [0.8, 0.4, 0.5, 0.1, 0.9, 0.7], strict=True)),
+    )
+    results = evaluate_rsna(scores, folds, n_boot=50).set_index("protocol")
+    # paper, fold 0 images: positives {0.8, 0.4} vs negatives {0.5, 0.1}: 3 of 4
+    assert results.loc["paper", "n"] == 4 and results.loc["paper", "value"] == pytest.approx(0.75)
+    # clean, breasts: 1L mean 0.6 (positive) vs 2R 0.3 and 3L 0.8: 1 of 2
+    assert results.loc["clean", "n"] == 3 and results.loc["clean", "value"] == pytest.approx(0.5)
+    assert results.loc["clean", "level"] == "breast"
+
+
+def test_missing_scores_are_an_error_naming_the_image():
+    scores = _scores("malignancy", ["no", "yes"], {"a": 0.5})
+    folds = pd.DataFrame(
+        {
+            "image_id": ["a", "zz"],
+            "patient_id": ["1", "2"],
+            "laterality": ["L", "L"],
+            "cancer": [1, 0],
+            "fold": [0, 0],
+        }
+    )
+    with pytest.raises(ValueError, match="1 image\\(s\\) have no score, e.g. zz"):
+        evaluate_rsna(scores, folds, n_boot=10)
