@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/phantoms.smk"
 include: "rules/preprocess.smk"
@@ -16,6 +19,8 @@ include: "rules/annotations.smk"
 include: "rules/reports.smk"
 include: "rules/pretrain.smk"
 include: "rules/inference.smk"
+include: "rules/classify.smk"
+include: "rules/tables.smk"
 
 
 rule all:
@@ -27,3 +32,5 @@ rule all:
         rules.pretraining.input,
         rules.inference.input,
         rules.zero_shot_all.input,
+        rules.classification.input,
+        rules.tables.input,

@@ -571,6 +571,7 @@ def load_clip(
     cache_dir: str | os.PathLike | None = None,
     pooling: str | None = None,
     image_encoder: torch.nn.Module | None = None,
+    tokenizer: bool = True,
 ):
     """``(model, tokenizer, info)`` from a released Mammo-CLIP ``.tar`` or one of our checkpoints.
 
@@ -581,6 +582,8 @@ def load_clip(
     checkpoint (it was trained with it), else ``text_backbone`` (a directory or a cached Hugging Face id),
     else ``emilyalsentzer/Bio_ClinicalBERT`` from the Hugging Face cache. ``pooling`` overrides the text
     pooling; ``image_encoder`` supplies the encoder module when the checkpoint names none.
+    ``tokenizer=False`` skips the tokenizer (returned as None): image-only uses such as the downstream
+    classifiers then need no text backbone on disk.
     The model is returned in eval mode on the CPU. ``info`` holds ``path``, ``format`` (``"mammoclip"``
     or ``"released"``), ``architecture``, ``epoch``, ``train_loss``, ``config`` (the stored config as plain
     data, for reference only), ``metadata`` (ours), ``code_version``, ``ignored_keys``, ``tokenizer``
@@ -615,7 +618,10 @@ def load_clip(
         raise CheckpointError(f"{path}: {err}") from err
     model.eval()
 
-    if ours is not None and isinstance(ours.get("tokenizer"), Mapping):
+    want_tokenizer, tokenizer = tokenizer, None
+    if not want_tokenizer:
+        tokenizer_source = "not loaded"
+    elif ours is not None and isinstance(ours.get("tokenizer"), Mapping):
         tokenizer = _tokenizer_from_files(ours["tokenizer"])
         tokenizer_source = "embedded in the checkpoint"
     elif text_backbone is not None:
@@ -631,7 +637,7 @@ def load_clip(
             ) from err
         tokenizer_source = DEFAULT_TEXT_BACKBONE
     vocab_rows = int(model.text_encoder.text_encoder.config.vocab_size)
-    if len(tokenizer) > vocab_rows:
+    if tokenizer is not None and len(tokenizer) > vocab_rows:
         raise CheckpointError(
             f"{path}: the tokenizer ({tokenizer_source}) has {len(tokenizer)} tokens but the checkpoint's "
             f"text encoder only {vocab_rows} embeddings: wrong tokenizer"

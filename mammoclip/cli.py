@@ -122,6 +122,25 @@ def _bench_inference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_dag(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from mammoclip.bench import benchmark_dag, format_benchmark
+
+    root = Path(__file__).resolve().parent.parent
+    snakemake = Path(sys.executable).with_name("snakemake")
+    with tempfile.TemporaryDirectory(prefix="mammoclip-dag-") as tmp:
+        row = benchmark_dag(
+            root / "Snakefile",
+            args.configfile,
+            tmp,
+            repeats=args.repeats,
+            snakemake=str(snakemake) if snakemake.exists() else "snakemake",
+        )
+    print(format_benchmark(pd.DataFrame([row])))
+    return 0
+
+
 def _check_config(args: argparse.Namespace) -> int:
     from mammoclip.config import ConfigError, fill_defaults, load_config, load_schema, read_yaml
 
@@ -240,6 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("--csv", help="also write the table to this CSV")
     pre.set_defaults(func=_bench_preprocess)
+    dag = bench_sub.add_parser(
+        "dag",
+        help="seconds for `snakemake -n` (DAG construction) of a config, and its job count",
+        description="Replaces the config's dataset roots by folders whose metadata CSVs have the real "
+        "datasets' row counts, then times `snakemake -n` (no job runs). Example: "
+        "mammoclip bench dag config/paper.yaml",
+    )
+    dag.add_argument("configfile", nargs="?", default="config/paper.yaml", help="default: config/paper.yaml")
+    dag.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (default 3)")
+    dag.set_defaults(func=_bench_dag)
     inf = bench_sub.add_parser(
         "inference",
         help="image-encoder throughput (images/s) and peak memory",

@@ -94,15 +94,20 @@ def _inputs_from_csv(path: Path) -> pd.DataFrame:
     return pd.DataFrame({"image_id": table["image_id"].to_numpy(), "path": paths})
 
 
-def read_model_input(path: str | Path, *, height: int, width: int, legacy: bool = False) -> np.ndarray:
-    """The normalised ``float32 [3, height, width]`` model input of one PNG or DICOM file."""
+def read_grey(path: str | Path, *, height: int = 1520, width: int = 912, legacy: bool = False) -> np.ndarray:
+    """The 8-bit grey image of a PNG (as stored) or a DICOM file (converted to ``height x width``)."""
     path = Path(path)
     if path.suffix.lower() == ".png":
         image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if image is None:
             raise InferenceError(f"{path}: not a readable PNG")
-    else:
-        image = _dicom_to_uint8(path, height=height, width=width, legacy=legacy)
+        return image
+    return _dicom_to_uint8(path, height=height, width=width, legacy=legacy)
+
+
+def read_model_input(path: str | Path, *, height: int, width: int, legacy: bool = False) -> np.ndarray:
+    """The normalised ``float32 [3, height, width]`` model input of one PNG or DICOM file."""
+    image = read_grey(path, height=height, width=width, legacy=legacy)
     if image.shape != (height, width):
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
     return normalise_image(image, source=str(path))

@@ -338,3 +338,57 @@ def evaluate_zero_shot(
             row.n,
         )
     return results.assign(checkpoint=str(checkpoint), seed=seed, code_version=code_version())
+
+
+def build_paper_tables(
+    classification_csvs: Sequence[str | Path],
+    zero_shot_csvs: Sequence[str | Path],
+    *,
+    paper_results: str | Path,
+    protocol: str,
+    out_stem: str | Path,
+    plots: dict[tuple[str, str], str | Path],
+    model_of: dict[str, str],
+    paper_model: str,
+) -> pd.DataFrame:
+    """One protocol's classification table (``<out_stem>.md`` / ``.csv``) and data-efficiency plots.
+
+    ``plots``: ``{(dataset, label): png path}``; ``model_of``: ``{checkpoint path: model name}`` for the
+    zero-shot files. Returns the table.
+    """
+    from mammoclip.tables import (
+        aggregate_runs,
+        data_efficiency_plot,
+        paper_table,
+        read_paper_results,
+        runs_from_results,
+        write_table_files,
+    )
+
+    def read(path):
+        return pd.read_csv(
+            path, dtype={"model": str, "checkpoint": str, "paper_model": str}, keep_default_na=True
+        )
+
+    runs = runs_from_results(
+        [read(p) for p in classification_csvs],
+        [read(p) for p in zero_shot_csvs],
+        model_of=model_of,
+        paper_model=paper_model,
+    )
+    runs = runs[runs["protocol"] == protocol]
+    log.info(
+        "%s protocol: %d runs from %d classifier and %d zero-shot files",
+        protocol,
+        len(runs),
+        len(classification_csvs),
+        len(zero_shot_csvs),
+    )
+    aggregated = aggregate_runs(runs)
+    paper = read_paper_results(paper_results)
+    paper = paper[paper["task"] == "classification"]
+    table = paper_table(aggregated, paper, protocol=protocol)
+    write_table_files(table, out_stem, caption="Classification")
+    for (dataset, label), path in plots.items():
+        data_efficiency_plot(aggregated, path, dataset=dataset, label=label, paper=paper, protocol=protocol)
+    return table

@@ -39,6 +39,7 @@ from mammoclip.evaluate.metrics import summarise_runs
 
 __all__ = [
     "PAPER_MODELS",
+    "runs_from_results",
     "PROTOCOL_CAPTIONS",
     "RUN_COLUMNS",
     "aggregate_runs",
@@ -191,6 +192,39 @@ def _sort_key(values: Iterable[str]) -> list:
             return (1, 0.0, v)
 
     return sorted({v for v in values if v}, key=key)
+
+
+def runs_from_results(
+    classification: Iterable[pd.DataFrame],
+    zero_shot: Iterable[pd.DataFrame],
+    *,
+    model_of: dict[str, str] | None = None,
+    paper_model: str = "",
+) -> pd.DataFrame:
+    """The runs table (:data:`RUN_COLUMNS`) from classifier ``metrics.csv`` and zero-shot result frames.
+
+    Only ``primary`` rows are kept (the level the paper reports; other levels stay in the run files).
+    Classifier rows carry their keys; ``setting`` ``lp``/``ft``. Zero-shot rows (one file per model) get
+    ``model`` from ``model_of`` (``{checkpoint: model}``, else the checkpoint's file stem), ``fold`` 0 and
+    their bootstrap seed; ``paper_model`` fills rows that have none.
+    """
+    frames = []
+    for frame in classification:
+        frames.append(frame[frame["primary"].astype(str).str.lower().eq("true")].copy())
+    for frame in zero_shot:
+        frame = frame[frame["primary"].astype(str).str.lower().eq("true")].copy()
+        checkpoints = frame["checkpoint"].astype(str)
+        frame["model"] = checkpoints.map(lambda c: (model_of or {}).get(c, Path(c).stem))
+        frame["fold"] = 0
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    runs = pd.concat(frames, ignore_index=True)
+    for column in RUN_COLUMNS:
+        if column not in runs.columns:
+            runs[column] = np.nan if column in _OPTIONAL_NUMERIC else ""
+    runs["paper_model"] = runs["paper_model"].fillna("").astype(str).replace("", paper_model)
+    return runs[RUN_COLUMNS].reset_index(drop=True)
 
 
 # -------------------------------------------------------------------------------------------- aggregation

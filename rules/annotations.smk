@@ -24,6 +24,10 @@ rule vindr_tables:
         "logs/annotations/vindr.log",
     conda:
         "../envs/mammoclip.yaml"
+    threads: 1
+    resources:
+        mem_mb=dataset_table_resources("vindr")["mem_mb"],
+        runtime=dataset_table_resources("vindr")["runtime"],
     params:
         folds=config["annotations"]["vindr_validation_folds"],
         seed=config["seed"],
@@ -42,6 +46,10 @@ rule rsna_folds:
         "logs/annotations/rsna.log",
     conda:
         "../envs/mammoclip.yaml"
+    threads: 1
+    resources:
+        mem_mb=dataset_table_resources("rsna")["mem_mb"],
+        runtime=dataset_table_resources("rsna")["runtime"],
     params:
         folds=config["annotations"]["rsna_folds"],
         fold_file=config["annotations"]["rsna_fold_file"],

@@ -6,6 +6,7 @@ from pathlib import Path
 # The package lives beside the Snakefile; jobs import it through workflow_scripts/_bootstrap.py.
 sys.path.insert(0, workflow.basedir)
 
+from mammoclip import resources as sizes
 from mammoclip.config import ConfigError, load_config
 from mammoclip.datasets import (
     DATASETS,
@@ -87,3 +88,168 @@ def pretrain_inputs(wildcards):
     if config["pretrain"]["text_model"] == "tiny":
         inputs["text_model"] = "results/pretrain/text-model"
     return inputs
+
+
+# Downstream classifier runs: one job per (protocol, dataset, label, model, mode, fraction, fold, seed),
+# enumerated from config so the wildcards' vocabularies are closed.
+from mammoclip.labels import LABELS as CLASSIFIER_LABELS
+
+CLASSIFY = config["classify"]
+CLASSIFY_LABELS = {
+    label: settings
+    for label, settings in CLASSIFY["labels"].items()
+    if settings["enabled"] and CLASSIFIER_LABELS[label].dataset in ENABLED_DATASETS
+}
+CLASSIFY_RUN = (
+    "results/classify/{protocol}/{dataset}/{label}/{model}/{mode}/frac{frac}/"
+    "fold{fold}_seed{seed}"
+)
+
+
+def format_fraction(fraction):
+    """Fractions as path components: 0.1 -> '0.1', 1.0 -> '1'."""
+    return f"{float(fraction):g}"
+
+
+def classifier_folds(dataset, protocol):
+    if protocol == "paper":
+        return [0]
+    if dataset == "vindr":
+        return CLASSIFY["vindr_clean_folds"]
+    return CLASSIFY["rsna_clean_folds"] or list(
+        range(config["annotations"]["rsna_folds"])
+    )
+
+
+def classification_runs():
+    """Every configured run as a dict of wildcard values."""
+    runs = []
+    for label, settings in CLASSIFY_LABELS.items():
+        dataset = CLASSIFIER_LABELS[label].dataset
+        for protocol in CLASSIFY["protocols"]:
+            for mode, fractions in settings["fractions"].items():
+                for frac in fractions:
+                    for fold in classifier_folds(dataset, protocol):
+                        for seed in CLASSIFY["seeds"]:
+                            for model in CHECKPOINTS:
+                                runs.append(
+                                    dict(
+                                        protocol=protocol,
+                                        dataset=dataset,
+                                        label=label,
+                                        model=model,
+                                        mode=mode,
+                                        frac=format_fraction(frac),
+                                        fold=fold,
+                                        seed=seed,
+                                    )
+                                )
+    return runs
+
+
+CLASSIFICATION_RUNS = classification_runs()
+
+
+def classification_files(name, **only):
+    """The `name` file (e.g. metrics.csv) of every run matching `only` (e.g. protocol="paper")."""
+    return [
+        f"{CLASSIFY_RUN.format(**run)}/{name}"
+        for run in CLASSIFICATION_RUNS
+        if all(str(run[k]) == str(v) for k, v in only.items())
+    ]
+
+
+def classifier_tables(wildcards):
+    """The annotation table(s) a classifier run reads."""
+    if wildcards.dataset == "rsna":
+        return {"folds": "results/annotations/rsna/train_folds.csv"}
+    key = "rows" if wildcards.protocol == "paper" else "images"
+    return {key: f"results/annotations/vindr/{VINDR_TABLES[key]}"}
+
+
+def classifier_inputs(wildcards):
+    inputs = {
+        **classifier_tables(wildcards),
+        "checkpoint": CHECKPOINTS[wildcards.model],
+    }
+    if wildcards.mode == "lp" and CLASSIFY["linear_probe_on_embeddings"]:
+        inputs["embeddings"] = (
+            f"results/embeddings/{wildcards.dataset}/{wildcards.model}."
+            + config["inference"]["embedding_format"]
+        )
+    return inputs
+
+
+def classifier_settings(wildcards):
+    """Only this label's (and mode's) training settings, so editing one label reruns only its jobs."""
+    settings = CLASSIFY["labels"][wildcards.label]
+    merged = {
+        k: v
+        for k, v in settings.items()
+        if k not in ("enabled", "fractions", "mode_overrides")
+    }
+    return {**merged, **settings.get("mode_overrides", {}).get(wildcards.mode, {})}
+
+
+def _paper_model():
+    """The paper's column our model is compared with (tables.paper_model, else from the encoder)."""
+    if config["tables"]["paper_model"]:
+        return config["tables"]["paper_model"]
+    name = (
+        Path(config["pretrained_checkpoint"]).name
+        if config["pretrained_checkpoint"]
+        else config["pretrain"]["image_encoder"]
+    ).lower()
+    base = "mc_enb2" if re.search(r"b2|v2", name) else "mc_enb5"
+    with_vindr = not config["pretrained_checkpoint"] and config["pretrain"]["use_vindr"]
+    return base + ("_vindr" if with_vindr else "")
+
+
+PAPER_MODEL = _paper_model()
+PAPER_RESULTS = config["tables"]["paper_results"] or str(
+    Path(workflow.basedir) / "config" / "paper-results.csv"
+)
+
+
+# Job sizes for a scheduler (mammoclip/resources.py), from the number of images each dataset's metadata
+# lists (phantoms: from their config, as the workflow generates them) and the image size.
+_PHANTOM_IMAGES = {
+    "vindr": 4 * config["phantoms"]["vindr"]["n_studies"],
+    "rsna": 4 * config["phantoms"]["rsna"]["n_patients"],
+    "inhouse": 4 * config["phantoms"]["inhouse"]["n_patients"],
+}
+IMAGE_COUNTS = {
+    d: (
+        _PHANTOM_IMAGES[d]
+        if SPECS[d].source == "phantom"
+        else sizes.count_rows(SPECS[d].metadata_csv, default=1000)
+    )
+    for d in ENABLED_DATASETS
+}
+PIXELS = config["preprocess"]["height"] * config["preprocess"]["width"]
+BACK_TRANSLATION_GPUS = (
+    config["reports"]["augmentation"]["gpus"]
+    if config["reports"]["augmentation"]["method"] == "back_translation"
+    else 0
+)
+
+
+def dataset_table_resources(dataset):
+    return sizes.table_resources(IMAGE_COUNTS.get(dataset, 1000))
+
+
+def classifier_runtime(wildcards):
+    settings = classifier_settings(wildcards)
+    return sizes.classifier_runtime(
+        images=IMAGE_COUNTS[wildcards.dataset],
+        fraction=float(wildcards.frac),
+        epochs=settings["epochs"],
+        mode=wildcards.mode,
+        pixels=PIXELS,
+        gpus=CLASSIFY["gpus"],
+        cached=wildcards.mode == "lp" and CLASSIFY["linear_probe_on_embeddings"],
+    )
+
+
+CLASSIFY_THREADS = max(CLASSIFY["num_workers"], 1)
+CLASSIFY_MEM_MB = 16000 if CLASSIFY["gpus"] else 4000

@@ -16,6 +16,14 @@ rule embed_images:
     conda:
         "../envs/mammoclip.yaml"
     threads: 2
+    resources:
+        gpu=config["inference"]["gpus"],
+        mem_mb=lambda wc: sizes.embedding_resources(
+            IMAGE_COUNTS[wc.dataset], PIXELS, config["inference"]["gpus"]
+        )["mem_mb"],
+        runtime=lambda wc: sizes.embedding_resources(
+            IMAGE_COUNTS[wc.dataset], PIXELS, config["inference"]["gpus"]
+        )["runtime"],
     params:
         height=config["preprocess"]["height"],
         width=config["preprocess"]["width"],
@@ -35,6 +43,10 @@ rule score_images:
         "logs/inference/score_{dataset}_{model}.log",
     conda:
         "../envs/mammoclip.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc: dataset_table_resources(wc.dataset)["mem_mb"],
+        runtime=lambda wc: dataset_table_resources(wc.dataset)["runtime"],
     params:
         prompts=config["inference"]["prompts"],
         text_backbone=config["text_backbone"],
@@ -70,6 +82,10 @@ rule zero_shot:
         "logs/zeroshot/{dataset}_{model}.log",
     conda:
         "../envs/mammoclip.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc: dataset_table_resources(wc.dataset)["mem_mb"],
+        runtime=lambda wc: dataset_table_resources(wc.dataset)["runtime"],
     params:
         checkpoint=lambda wc: CHECKPOINTS[wc.model],
         seed=config["seed"],

@@ -10,6 +10,10 @@ rule tiny_text_model:
         "logs/pretrain/text_model.log",
     conda:
         "../envs/mammoclip.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         settings={
             **config["pretrain"]["tiny_text_model"],

@@ -11,6 +11,10 @@ rule prepare_reports:
         "logs/reports/prepare.log",
     conda:
         "../envs/mammoclip.yaml"
+    threads: 1
+    resources:
+        mem_mb=dataset_table_resources("inhouse")["mem_mb"],
+        runtime=dataset_table_resources("inhouse")["runtime"],
     params:
         legacy=config["legacy"],
         folds=config["reports"]["folds"],
@@ -31,6 +35,17 @@ rule augment_reports:
     conda:
         "../envs/mammoclip.yaml"
     threads: 2
+    resources:
+        gpu=BACK_TRANSLATION_GPUS,
+        mem_mb=8000 if BACK_TRANSLATION_GPUS else 4000,
+        # two Marian passes per report sentence: ~0.05 s on a GPU, ~1 s on CPUs
+        runtime=10
+        + int(
+            IMAGE_COUNTS.get("inhouse", 1000)
+            * (0.05 if BACK_TRANSLATION_GPUS else 1.0)
+            * 2
+            / 60
+        ),
     params:
         augmentation=config["reports"]["augmentation"],
         legacy=config["legacy"],

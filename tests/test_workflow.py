@@ -20,12 +20,26 @@ TINY = {
     "seed": 7,
     "phantoms": {
         "image_scale": 0.08,
-        "vindr": {"n_studies": 3},
-        "rsna": {"n_patients": 4},
+        "vindr": {"n_studies": 10},
+        "rsna": {"n_patients": 9},
         "inhouse": {"n_patients": 4},
     },
     "preprocess": {"width": 80, "height": 128, "shards": 2, "max_failed_fraction": 0.0},
     "reports": {"augmentation": {"method": "none"}},
+    "annotations": {"vindr_validation_folds": 2, "rsna_folds": 3},
+    "classify": {
+        "linear_probe_on_embeddings": True,
+        "precision": "fp32",
+        "num_workers": 0,
+        "gpus": 0,
+        "n_boot": 20,
+        "labels": {
+            "Mass": {"epochs": 3, "lr": 1.0e-3, "fractions": {"lp": [0.5, 1.0], "ft": [1.0]}},
+            "Suspicious_Calcification": {"enabled": False},
+            "density": {"epochs": 3, "fractions": {"lp": [1.0], "ft": []}},
+            "cancer": {"epochs": 3, "fractions": {"lp": [1.0], "ft": []}},
+        },
+    },
 }
 pytestmark = pytest.mark.slow
 
@@ -102,7 +116,7 @@ def test_annotation_and_report_tables(demo):
 
     folds = pd.read_csv(demo / "results/annotations/rsna/train_folds.csv", dtype={"patient_id": str})
     assert (folds.groupby("patient_id")["fold"].nunique() == 1).all()
-    assert sorted(folds["fold"].unique()) == [0, 1, 2, 3]
+    assert sorted(folds["fold"].unique()) == [0, 1, 2]  # annotations.rsna_folds: 3
 
     reports = read_pretraining_table(demo / "results/reports/inhouse/clip_pretrain.csv")
     assert list(reports.columns) == [
@@ -136,8 +150,8 @@ def test_embeddings_and_scores_of_every_dataset(demo):
         assert projected.shape == (len(ids), 32) and raw.shape[0] == len(ids)
         assert meta["checkpoint"].endswith("tiny-clip.tar") and (meta["height"], meta["width"]) == (128, 80)
         scores = pd.read_csv(demo / "results/scores" / dataset / "tiny-clip.csv", dtype={"image_id": str})
-        assert set(scores["task"]) == {"mass", "suspicious_calcification", "malignancy"}
-        assert len(scores) == len(ids) * 3 * 2
+        assert set(scores["task"]) == {"mass", "suspicious_calcification", "malignancy", "density"}
+        assert len(scores) == len(ids) * (3 * 2 + 4)
         sums = scores.groupby(["image_id", "task"])["probability"].sum()
         assert ((sums - 1).abs() < 1e-6).all()
 
@@ -155,6 +169,87 @@ def test_missing_translation_models_stop_the_rule_with_instructions(demo, tmp_pa
     assert str(models / "opus-mt-en-it") in message
     assert "Helsinki-NLP/opus-mt-en-it" in message and "reports.augmentation.method: none" in message
     assert not (workdir / "results/reports/inhouse/clip_pretrain.csv").exists()
+
+
+def test_classifier_runs_write_metrics_predictions_and_provenance(demo):
+    expected = {
+        ("paper", "vindr", "Mass", "lp", "0.5", 0),
+        ("paper", "vindr", "Mass", "lp", "1", 0),
+        ("paper", "vindr", "Mass", "ft", "1", 0),
+        ("paper", "vindr", "density", "lp", "1", 0),
+        ("paper", "rsna", "cancer", "lp", "1", 0),
+        *{("clean", "vindr", "Mass", m, f, 0) for m, f in (("lp", "0.5"), ("lp", "1"), ("ft", "1"))},
+        ("clean", "vindr", "density", "lp", "1", 0),
+        *{("clean", "rsna", "cancer", "lp", "1", k) for k in range(3)},
+    }
+    found = set()
+    for path in (demo / "results/classify").rglob("metrics.csv"):
+        metrics = pd.read_csv(path, dtype={"model": str})
+        row = metrics.iloc[0]
+        found.add((row.protocol, row.dataset, row.label, row.setting, f"{row.data_frac:g}", int(row.fold)))
+        run = path.parent
+        assert (run / "model.pt").stat().st_size > 0 and (run / "history.csv").exists()
+        assert metrics["checkpoint"].str.endswith("tiny-clip.tar").all()
+        assert metrics["code_version"].str.startswith("0.1.0+").all()
+        assert metrics["paper_model"].eq("mc_enb5").all()
+        record = json.loads((run / "provenance.json").read_text())
+        assert record["protocol"] == row.protocol and record["seed"] == 10
+        predictions = pd.read_csv(run / "predictions.csv", dtype={"image_id": str})
+        assert record["n_rows"]["report"] == len(predictions)
+        if row.label == "density":
+            assert set(metrics["metric"]) == {"accuracy", "macro_f1"}
+            assert metrics.loc[metrics["metric"] == "accuracy", "majority_baseline"].between(0, 1).all()
+        else:
+            assert predictions["probability"].between(0, 1).all()
+    assert found == expected
+
+
+def test_tables_plots_and_report(demo, tmp_path):
+    for protocol in ("paper", "clean"):
+        table = pd.read_csv(demo / f"results/tables/{protocol}/classification.csv")
+        assert set(table["protocol"]) == {protocol}
+        mass_lp = table[(table["label"] == "Mass") & (table["setting"] == "lp")]
+        assert sorted(mass_lp["data_frac"].dropna()) == [0.1, 0.5, 1.0]  # 0.1: the paper's cell only
+        ours = mass_lp.set_index("data_frac")["tiny-clip mean"]
+        assert ours.loc[[0.5, 1.0]].notna().all() and pd.isna(ours.loc[0.1])
+        assert mass_lp.set_index("data_frac")["paper mc_enb5"].tolist() == [0.73, 0.78, 0.79]
+        markdown = (demo / f"results/tables/{protocol}/classification.md").read_text()
+        assert f"{protocol} protocol" in markdown and "| vindr | Mass | AUROC | zero-shot |" in markdown
+        for label in ("Mass", "density", "cancer"):
+            png = cv2.imread(str(demo / f"results/tables/{protocol}/efficiency_{label}.png"))
+            assert png is not None and png.shape == (600, 900, 3)
+    report = tmp_path / "report.zip"
+    snakemake(demo, "--report", str(report))
+    assert report.stat().st_size > 10_000
+
+
+def _planned_jobs(stdout: str) -> list[tuple[str, dict]]:
+    jobs = []
+    for block in stdout.split("\nrule ")[1:]:
+        name = block.split(":", 1)[0].strip()
+        wildcards = re.search(r"wildcards: (.*)", block)
+        pairs = dict(p.split("=", 1) for p in wildcards.group(1).split(", ")) if wildcards else {}
+        jobs.append((name, pairs))
+    return jobs
+
+
+def test_changing_one_label_reruns_only_its_jobs(demo):
+    config = yaml.safe_load((demo / "config/config.yaml").read_text())
+    config["classify"]["labels"]["density"]["lr"] = 2.0e-3
+    overlay = demo / "config" / "density-lr.yaml"
+    overlay.write_text(yaml.safe_dump(config))
+    jobs = _planned_jobs(snakemake(demo, "-n", "--configfile", str(overlay)).stdout)
+    classify = [w for name, w in jobs if name == "classify"]
+    assert len(classify) == 2 and {w["label"] for w in classify} == {"density"}
+    assert {name for name, _ in jobs} == {"classify", "classification_table", "all"}
+
+
+def test_named_targets_ask_for_one_table(demo):
+    jobs = _planned_jobs(
+        snakemake(demo, "-n", "--forcerun", "classification_table", "--", "table_clean").stdout
+    )
+    tables = [w for name, w in jobs if name == "classification_table"]
+    assert [w["protocol"] for w in tables] == ["clean"]
 
 
 def test_nothing_to_do_on_rerun(demo):

@@ -65,7 +65,18 @@ def test_rsna_paper_is_fold_0_per_image_clean_is_all_breasts():
         ["no malignancy", "malignancy"],
         dict(zip("abcdef", [0.8, 0.4, 0.5, 0.1, 0.9, 0.7], strict=True)),
     )
-    results = evaluate_rsna(scores, folds, n_boot=50).set_index("protocol")
+    everything = evaluate_rsna(scores, folds, n_boot=50)
+    assert everything[["protocol", "level", "primary"]].values.tolist() == [
+        ["paper", "image", True],
+        ["paper", "breast", False],
+        ["clean", "image", False],
+        ["clean", "breast", True],
+    ]
+    # the other level of each protocol: paper breasts 1L 0.6 vs 2R 0.3 -> 1.0;
+    # clean images: a beats c, d, f and b beats d: 4 of 8
+    assert everything.loc[1, "value"] == pytest.approx(1.0)
+    assert everything.loc[2, "value"] == pytest.approx(4 / 8)
+    results = everything[everything["primary"]].set_index("protocol")
     # paper, fold 0 images: positives {0.8, 0.4} vs negatives {0.5, 0.1}: 3 of 4
     assert results.loc["paper", "n"] == 4 and results.loc["paper", "value"] == pytest.approx(0.75)
     # clean, breasts: 1L mean 0.6 (positive) vs 2R 0.3 and 3L 0.8: 1 of 2
@@ -86,3 +97,36 @@ def test_missing_scores_are_an_error_naming_the_image():
     )
     with pytest.raises(ValueError, match="1 image\\(s\\) have no score, e.g. zz"):
         evaluate_rsna(scores, folds, n_boot=10)
+
+
+def test_vindr_density_zero_shot_accuracy_from_argmax_class():
+    classes = ["fatty", "scattered", "heterogeneous", "extreme"]
+    probs = {
+        "a": [0.7, 0.1, 0.1, 0.1],
+        "b": [0.1, 0.1, 0.7, 0.1],
+        "c": [0.1, 0.6, 0.2, 0.1],
+        "d": [0.1, 0.1, 0.1, 0.7],
+    }
+    scores = pd.DataFrame(
+        [
+            {"image_id": i, "task": "density", "class": c, "probability": p[k]}
+            for i, p in probs.items()
+            for k, c in enumerate(classes)
+        ]
+    )
+    images = pd.DataFrame(
+        {
+            "image_id": ["a.png", "b.png", "c.png", "d.png"],
+            "patient_id": ["1", "2", "3", "4"],
+            "split": ["test"] * 4,
+            "density": [0, 2, 2, 3],
+        }
+    )
+    rows = pd.concat([images, images.iloc[[1]]], ignore_index=True)  # image b has two finding rows
+    out = evaluate_vindr(scores, rows, images, n_boot=20).set_index(["protocol", "metric"])
+    # clean, per image: predicted 0, 2, 1, 3 vs 0, 2, 2, 3 -> 3/4; majority (2) of the labels -> 2/4
+    assert out.loc[("clean", "accuracy"), "value"] == pytest.approx(0.75)
+    assert out.loc[("clean", "accuracy"), "majority_baseline"] == pytest.approx(0.5)
+    # paper, finding rows: b counted twice -> 4/5
+    assert out.loc[("paper", "accuracy"), "value"] == pytest.approx(0.8)
+    assert out.loc[("paper", "accuracy"), "n"] == 5

@@ -9,6 +9,11 @@ image is the probability of that class. Which label a task is evaluated against 
 * ``clean``: VinDr per image on the test split, RSNA per breast (mean score of the breast's images, label =
   any positive image) over all folds (no training happens, so every image can be evaluated); bootstrap
   intervals resample patients.
+
+RSNA is also reported at the other level of each protocol (paper per breast, clean per image) with
+``primary`` False; ``primary`` rows are the ones the paper's table shows. VinDr density (a task with one
+prompt set per class, classes in density order A-D) is scored by accuracy and macro F1 of the argmax class,
+next to the majority-class baseline of the evaluated labels (upstream configures no density prompts).
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from mammoclip.evaluate.metrics import aggregate_by, binary_metrics
+from mammoclip.evaluate.metrics import aggregate_by, binary_metrics, multiclass_metrics
 
 #: ``{dataset: {scoring task: label column}}``
 TASK_LABELS: Mapping[str, Mapping[str, str]] = {
-    "vindr": {"mass": "Mass", "suspicious_calcification": "Suspicious_Calcification"},
+    "vindr": {"mass": "Mass", "suspicious_calcification": "Suspicious_Calcification", "density": "density"},
     "rsna": {"malignancy": "cancer"},
 }
 
@@ -38,24 +43,62 @@ def positive_scores(scores: pd.DataFrame, task: str) -> pd.DataFrame:
     return out.assign(image_id=out["image_id"].astype(str)).reset_index(drop=True)
 
 
-def _result(dataset, label, task, protocol, level, subset, metrics) -> dict:
+def _result(dataset, label, task, protocol, level, subset, metrics, *, metric="auroc", primary=True) -> dict:
     return {
         "dataset": dataset,
         "label": label,
         "task": task,
-        "metric": "auroc",
+        "metric": metric,
         "setting": "zs",
         "data_frac": 1.0,
         "protocol": protocol,
         "level": level,
         "subset": subset,
+        "primary": primary,
         "n": metrics["n"],
-        "n_pos": metrics["n_pos"],
-        "value": metrics["auroc"],
-        "value_low": metrics["auroc_low"],
-        "value_high": metrics["auroc_high"],
+        "n_pos": metrics.get("n_pos", float("nan")),
+        "value": metrics[metric],
+        "value_low": metrics[f"{metric}_low"],
+        "value_high": metrics[f"{metric}_high"],
+        "majority_baseline": metrics.get("majority_accuracy", float("nan"))
+        if metric == "accuracy"
+        else float("nan"),
         "note": metrics["note"],
     }
+
+
+def predicted_classes(scores: pd.DataFrame, task: str) -> pd.DataFrame:
+    """``image_id, score``: each image's most probable class of a task (its position in the class order)."""
+    rows = scores[scores["task"] == task]
+    if rows.empty:
+        raise ValueError(f"no scores for task {task!r} (tasks: {sorted(scores['task'].unique())})")
+    order = list(dict.fromkeys(rows["class"]))
+    wide = rows.pivot_table(index="image_id", columns="class", values="probability", aggfunc="first")[order]
+    out = pd.DataFrame({"image_id": wide.index.astype(str), "score": wide.to_numpy().argmax(axis=1)})
+    return out.reset_index(drop=True)
+
+
+def _density_results(scores, rows, images, *, n_boot, seed) -> list[dict]:
+    predicted = predicted_classes(scores, "density")
+    n_classes = scores.loc[scores["task"] == "density", "class"].nunique()
+    results = []
+    for protocol, table, level in (("paper", rows, "finding rows"), ("clean", images, "image")):
+        part = _with_scores(table[table["split"] == "test"], predicted, f"VinDr {level}")
+        metrics = multiclass_metrics(
+            part["density"].astype(int),
+            part["score"].astype(int),
+            n_classes=int(n_classes),
+            n_boot=n_boot,
+            seed=seed,
+            groups=part["patient_id"],
+        )
+        for metric in ("accuracy", "macro_f1"):
+            results.append(
+                _result(
+                    "vindr", "density", "density", protocol, level, "split == test", metrics, metric=metric
+                )
+            )
+    return results
 
 
 def _with_scores(table: pd.DataFrame, scores: pd.DataFrame, what: str) -> pd.DataFrame:
@@ -75,6 +118,9 @@ def evaluate_vindr(
     results = []
     for task, label in TASK_LABELS["vindr"].items():
         if task not in set(scores["task"]):
+            continue
+        if label == "density":
+            results.extend(_density_results(scores, rows, images, n_boot=n_boot, seed=seed))
             continue
         task_scores = positive_scores(scores, task)
         paper = _with_scores(rows[rows["split"] == "test"], task_scores, "VinDr finding rows")
@@ -101,6 +147,15 @@ def evaluate_rsna(
         paper = table[table["fold"].astype(int) == 0]
         metrics = binary_metrics(paper[label], paper["score"], n_boot=n_boot, seed=seed)
         results.append(_result("rsna", label, task, "paper", "image", "fold == 0", metrics))
+        breasts = aggregate_by(paper, ["patient_id", "laterality"], "score", label)
+        metrics = binary_metrics(
+            breasts[label], breasts["score"], n_boot=n_boot, seed=seed, groups=breasts["patient_id"]
+        )
+        results.append(_result("rsna", label, task, "paper", "breast", "fold == 0", metrics, primary=False))
+        metrics = binary_metrics(
+            table[label], table["score"], n_boot=n_boot, seed=seed, groups=table["patient_id"]
+        )
+        results.append(_result("rsna", label, task, "clean", "image", "all folds", metrics, primary=False))
         breasts = aggregate_by(table, ["patient_id", "laterality"], "score", label)
         metrics = binary_metrics(
             breasts[label], breasts["score"], n_boot=n_boot, seed=seed, groups=breasts["patient_id"]

@@ -193,11 +193,24 @@ def _dataset_labels(dataset: Dataset) -> np.ndarray:
 class LabelledImages(Dataset):
     """``(model input [3, H, W], label)`` for a table with ``image_id``, ``path`` and the ``label`` column.
 
-    Images are read as :class:`mammoclip.inference.ImageFiles` does (no augmentation); ``labels`` holds
-    the label column as a numpy array, so training never reads images just to count classes.
+    Images are read as :class:`mammoclip.inference.ImageFiles` does; ``augment=True`` applies the
+    pretraining augmentation (:class:`mammoclip.data.transforms.TrainAugment`, as upstream's classifier
+    training does) drawn from one generator seeded with ``seed``, so with ``num_workers=0`` a run is
+    reproducible. ``labels`` holds the label column as a numpy array, so training never reads images just to
+    count classes.
     """
 
-    def __init__(self, table: pd.DataFrame, label: str, *, height: int, width: int) -> None:
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        label: str,
+        *,
+        height: int,
+        width: int,
+        augment: bool = False,
+        seed: int = 0,
+    ) -> None:
+        from mammoclip.data.transforms import TrainAugment
         from mammoclip.inference import ImageFiles
 
         if label not in table.columns:
@@ -206,12 +219,20 @@ class LabelledImages(Dataset):
             raise ValueError(f"label column {label!r} has {int(table[label].isna().sum())} missing values")
         self.images = ImageFiles(table, height=height, width=width)
         self.labels = table[label].to_numpy()
+        self.augment = TrainAugment(height, width) if augment else None
+        self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
-        return self.images[index], self.labels[index].item()
+        if self.augment is None:
+            return self.images[index], self.labels[index].item()
+        from mammoclip.inference import normalise_image, read_grey
+
+        path = self.images.inputs.at[index, "path"]
+        image = self.augment(read_grey(path), self.rng)
+        return torch.from_numpy(normalise_image(image, source=str(path))), self.labels[index].item()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,7 +283,7 @@ def classifier_from_clip(path, config: ClassifierConfig, **load_kwargs) -> tuple
     """``(classifier, info)`` on the image encoder of a CLIP checkpoint (released or ours)."""
     from mammoclip.checkpoints import load_clip
 
-    model, _, info = load_clip(path, **load_kwargs)
+    model, _, info = load_clip(path, tokenizer=False, **load_kwargs)
     return build_classifier(model.image_encoder, config), info
 
 

@@ -1,0 +1,432 @@
+"""One downstream classifier run (upstream-mammoclip.md section 7): data, training, predictions, metrics.
+
+A run is one (protocol, dataset, label, model, mode, data fraction, fold, seed). Its steps, each a function
+of DataFrames and plain values:
+
+1. :func:`label_table` picks the annotation table the protocol works on (VinDr: finding rows for ``paper``,
+   images for ``clean``; RSNA: ``train_folds.csv``) and drops rows without a label or a PNG.
+2. :func:`run_parts` splits it into ``train`` / ``select`` / ``report``
+   (:mod:`mammoclip.evaluate.protocols`) and samples the data fraction of ``train``.
+3. :func:`train_run` trains a linear probe (frozen encoder, eval mode; on images, or on cached embeddings)
+   or a finetuned encoder and returns per-row probabilities of the ``report`` part.
+4. :func:`run_metrics` scores them: AUROC for binary labels (VinDr per row or per image, RSNA per breast
+   = mean probability per patient and laterality, as upstream, plus the per-image value), accuracy and macro
+   F1 for density with the majority-class baseline of the *training* labels, each with a bootstrap 95%
+   interval that resamples patients.
+
+:func:`run_classification` chains them and writes the run's files; every metrics row carries the run's
+keys, checkpoint, tables, protocol, seed and code version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mammoclip.evaluate.metrics import aggregate_by, binary_metrics, multiclass_metrics
+from mammoclip.evaluate.protocols import check_protocol, sample_fraction, split_rsna, split_vindr
+from mammoclip.labels import LABELS, MODES, LabelSpec
+
+__all__ = [
+    "LABELS",
+    "MODES",
+    "LabelSpec",
+    "label_table",
+    "run_classification",
+    "run_metrics",
+    "run_parts",
+    "train_run",
+]
+
+log = logging.getLogger(__name__)
+
+
+#: settings a label's config may hold (the rest of :class:`ClassifierConfig` comes from the run)
+TRAIN_SETTINGS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_epochs",
+    "weighted_loss",
+    "balanced_sampler",
+    "pos_weight",
+)
+
+
+def label_spec(label: str) -> LabelSpec:
+    if label not in LABELS:
+        raise ValueError(f"unknown label {label!r}; known labels: {sorted(LABELS)}")
+    return LABELS[label]
+
+
+def label_table(
+    tables: Mapping[str, pd.DataFrame], *, dataset: str, label: str, protocol: str
+) -> pd.DataFrame:
+    """The rows a run works on, with ``path`` (the PNG) and an integer ``label`` column.
+
+    ``tables``: VinDr ``{"rows": vindr_detection_v1_folds, "images": vindr_images}``, RSNA
+    ``{"folds": train_folds}``. Rows without a PNG (failed conversion) or a label are dropped and counted
+    in the log.
+    """
+    check_protocol(protocol)
+    spec = label_spec(label)
+    if spec.dataset != dataset:
+        raise ValueError(f"label {label!r} belongs to dataset {spec.dataset!r}, not {dataset!r}")
+    key = {"vindr": "rows" if protocol == "paper" else "images", "rsna": "folds"}[dataset]
+    if key not in tables:
+        raise ValueError(f"{dataset} ({protocol}) needs the {key!r} table, got {sorted(tables)}")
+    table = tables[key]
+    for column in (label, "png_path", "patient_id", "image_id"):
+        if column not in table.columns:
+            raise ValueError(f"{dataset} {key} table: column {column!r} is missing")
+    keep = table["png_path"].notna() & table["png_path"].astype(str).ne("") & table[label].notna()
+    if (~keep).any():
+        log.warning(
+            "%s %s table: %d row(s) without PNG or %s label dropped", dataset, key, int((~keep).sum()), label
+        )
+    out = table[keep].copy()
+    values = pd.to_numeric(out[label], errors="coerce")
+    allowed = range(max(spec.n_classes, 2))
+    if values.isna().any() or not values.isin(allowed).all():
+        bad = out[values.isna() | ~values.isin(allowed)].iloc[0]
+        raise ValueError(
+            f"{dataset} {key} table: column {label!r} must hold {list(allowed)}, found {bad[label]!s} "
+            f"(image_id {bad['image_id']})"
+        )
+    out["label"] = values.astype(np.int64)
+    out["path"] = out["png_path"].astype(str)
+    out["image_id"] = out["image_id"].astype(str).str.removesuffix(".png")
+    return out
+
+
+def run_parts(
+    table: pd.DataFrame, *, dataset: str, protocol: str, fold: int, fraction: float, seed: int, binary: bool
+) -> dict[str, pd.DataFrame]:
+    """``train`` (the data fraction of it), ``select`` and ``report`` for one run (module docstring)."""
+    if dataset == "vindr":
+        if protocol == "paper" and fold != 0:
+            raise ValueError(f"the paper protocol has one VinDr split (fold 0), got fold {fold}")
+        parts = split_vindr(table, protocol=protocol, val_fold=fold if protocol == "clean" else 0)
+    elif dataset == "rsna":
+        parts = split_rsna(table, protocol=protocol, fold=fold)
+    else:
+        raise ValueError(f"no classification protocol for dataset {dataset!r}")
+    full = len(parts["train"])
+    parts["train"] = sample_fraction(
+        parts["train"],
+        fraction=fraction,
+        protocol=protocol,
+        seed=seed,
+        label_column="label" if binary else None,
+    )
+    log.info(
+        "%s %s fold %d: train %d of %d rows (fraction %g), select %d, report %d",
+        dataset,
+        protocol,
+        fold,
+        len(parts["train"]),
+        full,
+        fraction,
+        len(parts["select"]),
+        len(parts["report"]),
+    )
+    return parts
+
+
+def _embeddings_for(ids: pd.Series, index: Mapping[str, int], raw: np.ndarray, what: str) -> np.ndarray:
+    missing = [i for i in ids if i not in index]
+    if missing:
+        raise ValueError(f"{what}: {len(missing)} image(s) have no cached embedding, e.g. {missing[:3]}")
+    return raw[[index[i] for i in ids]]
+
+
+def train_run(
+    parts: Mapping[str, pd.DataFrame],
+    config,
+    *,
+    checkpoint: str | os.PathLike,
+    height: int,
+    width: int,
+    embeddings: tuple[list[str], np.ndarray] | None = None,
+    augment: bool = False,
+    device: str = "cpu",
+    load_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Train one classifier; returns ``(report probabilities, history, selected state, checkpoint info)``.
+
+    ``config``: a :class:`mammoclip.train.classify.ClassifierConfig`. With ``embeddings`` (``image_ids,
+    raw features`` of the checkpoint's encoder, :func:`mammoclip.inference.read_embeddings`) a linear probe
+    trains only the head on them; otherwise images are read from ``path`` (``augment``: the pretraining
+    augmentation on training images).
+    """
+    from mammoclip.train import classify
+
+    if embeddings is not None:
+        if config.mode != "linear_probe":
+            raise ValueError("cached embeddings can only train a linear probe")
+        ids, raw = embeddings
+        index = {str(i).removesuffix(".png"): n for n, i in enumerate(ids)}
+        x = {k: _embeddings_for(v["image_id"], index, raw, f"{k} part") for k, v in parts.items()}
+        head, history = classify.train_head_on_embeddings(
+            x["train"], parts["train"]["label"], x["select"], parts["select"]["label"], config, device=device
+        )
+        probs = classify.predict(head, x["report"], device="cpu")
+        return probs, history, {k: v.clone() for k, v in head.state_dict().items()}, {}
+
+    model, info = classify.classifier_from_clip(checkpoint, config, **dict(load_kwargs or {}))
+    train_ds = classify.LabelledImages(
+        parts["train"], "label", height=height, width=width, augment=augment, seed=config.seed
+    )
+    select_ds = classify.LabelledImages(parts["select"], "label", height=height, width=width)
+    report_ds = classify.LabelledImages(parts["report"], "label", height=height, width=width)
+    state, history = classify.train_classifier(model, train_ds, select_ds, config, device=device)
+    probs = classify.predict(
+        model, report_ds, device=device, batch_size=config.batch_size, num_workers=config.num_workers
+    )
+    return probs, history, state, info
+
+
+def _metric_row(metric: str, level: str, values: Mapping[str, Any], name: str) -> dict[str, Any]:
+    return {
+        "metric": metric,
+        "level": level,
+        "value": values[name],
+        "value_low": values[f"{name}_low"],
+        "value_high": values[f"{name}_high"],
+        "n": values["n"],
+        "note": values.get("note", ""),
+    }
+
+
+def run_metrics(
+    report: pd.DataFrame,
+    probs: np.ndarray,
+    *,
+    dataset: str,
+    protocol: str,
+    n_classes: int,
+    train_labels: pd.Series,
+    n_boot: int,
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(metrics, predictions)`` of the report part.
+
+    ``metrics`` rows: ``metric, level, value, value_low, value_high, n, note, primary, majority_baseline``
+    (``primary`` marks the row the paper's table shows). ``predictions``: the report rows' ``patient_id,
+    image_id, laterality, label`` and ``probability`` (binary) or ``prob_0..`` and ``predicted`` (density).
+    """
+    keep = [c for c in ("patient_id", "image_id", "laterality", "view") if c in report.columns]
+    predictions = report[keep].reset_index(drop=True).copy()
+    predictions["label"] = report["label"].to_numpy()
+    rows = []
+    if n_classes == 1:
+        predictions["probability"] = np.asarray(probs, dtype=np.float64).reshape(-1)
+        level = "image" if protocol == "clean" else "finding rows"
+        values = binary_metrics(
+            predictions["label"],
+            predictions["probability"],
+            n_boot=n_boot,
+            seed=seed,
+            groups=predictions["patient_id"],
+        )
+        if dataset == "rsna":
+            rows.append({**_metric_row("auroc", "image", values, "auroc"), "primary": False})
+            breasts = aggregate_by(predictions, ["patient_id", "laterality"], "probability", "label")
+            values = binary_metrics(
+                breasts["label"],
+                breasts["probability"],
+                n_boot=n_boot,
+                seed=seed,
+                groups=breasts["patient_id"],
+            )
+            level = "breast"
+        rows.append({**_metric_row("auroc", level, values, "auroc"), "primary": True})
+        baseline = np.nan
+    else:
+        probs = np.asarray(probs, dtype=np.float64).reshape(len(predictions), n_classes)
+        for k in range(n_classes):
+            predictions[f"prob_{k}"] = probs[:, k]
+        predictions["predicted"] = probs.argmax(axis=1)
+        counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=n_classes)
+        values = multiclass_metrics(
+            predictions["label"],
+            predictions["predicted"],
+            n_classes=n_classes,
+            n_boot=n_boot,
+            seed=seed,
+            groups=predictions["patient_id"],
+            majority_class=int(counts.argmax()),
+        )
+        level = "image" if protocol == "clean" else "finding rows"
+        rows.append({**_metric_row("accuracy", level, values, "accuracy"), "primary": True})
+        rows.append({**_metric_row("macro_f1", level, values, "macro_f1"), "primary": True})
+        baseline = float(values["majority_accuracy"])
+    metrics = pd.DataFrame(rows)
+    # the baseline belongs to accuracy: always predicting the training majority class
+    metrics["majority_baseline"] = np.where(metrics["metric"].eq("accuracy"), baseline, np.nan)
+    return metrics, predictions
+
+
+def _write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    from mammoclip.annotations.tables import write_table
+
+    write_table(frame, path)
+
+
+def run_classification(
+    *,
+    dataset: str,
+    label: str,
+    model: str,
+    mode: str,
+    protocol: str,
+    fraction: float,
+    fold: int,
+    seed: int,
+    checkpoint: str,
+    tables: Mapping[str, str],
+    settings: Mapping[str, Any],
+    outputs: Mapping[str, str],
+    height: int,
+    width: int,
+    embeddings_path: str | None = None,
+    augment: bool = False,
+    precision: str = "fp32",
+    num_workers: int = 0,
+    n_boot: int = 1000,
+    paper_model: str = "",
+    text_backbone: str | None = None,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """Run one classifier and write ``outputs``: ``metrics`` (CSV), ``predictions`` (CSV), ``history`` (CSV),
+    ``model`` (the selected weights, ``torch.save``) and ``provenance`` (JSON). Returns the metrics."""
+    import torch
+
+    from mammoclip.annotations.tables import read_table
+    from mammoclip.inference import pick_device, read_embeddings
+    from mammoclip.provenance import code_version, provenance
+    from mammoclip.train.classify import ClassifierConfig
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    spec = label_spec(label)
+    unknown = sorted(set(settings) - set(TRAIN_SETTINGS))
+    if unknown:
+        raise ValueError(f"classify.labels.{label}: unknown setting(s) {unknown}")
+    config = ClassifierConfig(
+        mode=MODES[mode],
+        label=label,
+        n_classes=spec.n_classes,
+        seed=seed,
+        precision=precision,
+        num_workers=num_workers,
+        **{k: settings[k] for k in TRAIN_SETTINGS if k in settings},
+    )
+    loaded = {k: read_table(v, str_columns=("patient_id", "image_id")) for k, v in tables.items()}
+    try:
+        table = label_table(loaded, dataset=dataset, label=label, protocol=protocol)
+    except ValueError as err:
+        raise ValueError(f"{', '.join(map(str, tables.values()))}: {err}") from None
+    parts = run_parts(
+        table,
+        dataset=dataset,
+        protocol=protocol,
+        fold=fold,
+        fraction=fraction,
+        seed=seed,
+        binary=config.binary,
+    )
+    cached = None
+    if embeddings_path:
+        ids, raw, _, meta = read_embeddings(embeddings_path)
+        cached = (ids, raw)
+        log.info("linear probe on cached embeddings %s (%s)", embeddings_path, meta.get("checkpoint", "?"))
+    torch_device = pick_device(device)
+    load_kwargs = {"text_backbone": text_backbone} if text_backbone else {}
+    probs, history, state, info = train_run(
+        parts,
+        config,
+        checkpoint=checkpoint,
+        height=height,
+        width=width,
+        embeddings=cached,
+        augment=augment,
+        device=str(torch_device),
+        load_kwargs=load_kwargs,
+    )
+    metrics, predictions = run_metrics(
+        parts["report"],
+        probs,
+        dataset=dataset,
+        protocol=protocol,
+        n_classes=spec.n_classes,
+        train_labels=parts["train"]["label"],
+        n_boot=n_boot,
+        seed=seed,
+    )
+    version = code_version()
+    selected = next(h["epoch"] for h in history if h["selected"])
+    keys = {
+        "dataset": dataset,
+        "label": label,
+        "setting": mode,
+        "data_frac": float(fraction),
+        "model": model,
+        "paper_model": paper_model,
+        "protocol": protocol,
+        "fold": int(fold),
+        "seed": int(seed),
+    }
+    metrics = pd.DataFrame([{**keys, **row} for row in metrics.to_dict("records")])
+    metrics = metrics.assign(
+        n_train=len(parts["train"]),
+        n_select=len(parts["select"]),
+        selected_epoch=selected,
+        cached_embeddings=bool(embeddings_path),
+        checkpoint=str(checkpoint),
+        code_version=version,
+    )
+    for row in metrics.itertuples():
+        log.info(
+            "%s %s %s %s frac %g fold %d: %s (%s) %.3f [%.3f, %.3f]",
+            protocol,
+            dataset,
+            label,
+            mode,
+            fraction,
+            fold,
+            row.metric,
+            row.level,
+            row.value,
+            row.value_low,
+            row.value_high,
+        )
+    predictions.insert(0, "part", "report")
+    _write_csv(metrics, outputs["metrics"])
+    _write_csv(predictions, outputs["predictions"])
+    _write_csv(pd.DataFrame(history), outputs["history"])
+    record = provenance(
+        **keys,
+        checkpoint=str(checkpoint),
+        checkpoint_info={k: v for k, v in info.items() if isinstance(v, str | int | float | bool)},
+        tables={k: str(v) for k, v in tables.items()},
+        embeddings=embeddings_path,
+        classifier=config.to_dict(),
+        augment=augment,
+        selected_epoch=selected,
+        n_rows={k: len(v) for k, v in parts.items()},
+        device=str(torch_device),
+    )
+    tmp = Path(outputs["model"]).with_suffix(".tmp")
+    torch.save({"state_dict": state, "metadata": record}, tmp)
+    os.replace(tmp, outputs["model"])
+    Path(outputs["provenance"]).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    return metrics

@@ -1,0 +1,76 @@
+"""Cluster job sizes (threads, memory, wall time, GPUs) derived from the experiment, for the Snakemake rules.
+
+A scheduler needs every job's request up front, and a request far above the need wastes the queue while
+one below it kills the job. The sizes here scale with what the config says a job will process (image
+counts, image size, epochs, data fraction); the constants are measured or upstream's figures:
+
+* DICOM -> PNG: ~1 s to decode a full-size JPEG 2000 mammogram (environment notes: 0.85 s for 3518 x 2800),
+  so 2 s per image and worker leaves a 2x margin; each worker holds one decoded 16-bit image and its float
+  copy (< 200 MB) plus the interpreter.
+* Embedding: a B5 forward at 1520 x 912 takes ~5 s on a CPU and ~0.02 s on a GPU (batch of 8).
+* Classifiers: see :func:`classifier_runtime`.
+
+Snakemake's ``runtime`` is in minutes and ``mem_mb`` in MB; profiles can still override any rule
+(``set-resources``) and resubmissions grow them (``profiles/slurm``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+__all__ = [
+    "classifier_runtime",
+    "conversion_resources",
+    "count_rows",
+    "embedding_resources",
+    "table_resources",
+]
+
+#: the paper's image size, the reference for per-image costs
+FULL_PIXELS = 1520 * 912
+
+
+def count_rows(path: str | Path, default: int) -> int:
+    """Data rows of a CSV (lines minus the header), or ``default`` when it does not exist yet."""
+    path = Path(path)
+    if not path.is_file():
+        return default
+    with open(path, "rb") as handle:
+        return max(sum(1 for _ in handle) - 1, 1)
+
+
+def _minutes(seconds: float, floor: int) -> int:
+    return int(floor + math.ceil(seconds / 60))
+
+
+def conversion_resources(images: int, shards: int, workers: int) -> dict[str, int]:
+    """``mem_mb`` and ``runtime`` of one conversion shard of ``images / shards`` images on ``workers``."""
+    per_shard = math.ceil(images / max(shards, 1))
+    return {
+        "mem_mb": 1000 + 500 * workers,
+        "runtime": _minutes(2.0 * per_shard / max(workers, 1), 10),
+    }
+
+
+def table_resources(rows: int) -> dict[str, int]:
+    """A pandas job over ``rows`` rows (joins, folds, tables): ~20 kB per row in memory at most."""
+    return {"mem_mb": 1000 + rows // 50, "runtime": _minutes(rows / 1000, 10)}
+
+
+def embedding_resources(images: int, pixels: int, gpus: int) -> dict[str, int]:
+    """Encoding ``images`` images of ``pixels`` pixels once (B5-sized encoder)."""
+    per_image = (0.02 if gpus else 5.0) * max(pixels / FULL_PIXELS, 0.05)
+    return {"mem_mb": 8000 if gpus else 4000, "runtime": _minutes(2 * images * per_image, 10)}
+
+
+def classifier_runtime(
+    *, images: int, fraction: float, epochs: int, mode: str, pixels: int, gpus: int, cached: bool
+) -> int:
+    """Minutes for one classifier run: ~0.25 s per training image and epoch to finetune a B5 at 1520 x 912
+    on one GPU, ~0.08 s through a frozen encoder, ten times that on CPUs; a head on cached embeddings needs
+    seconds. Evaluation passes and a 1.5x margin included."""
+    if cached:
+        return 15
+    per_image = (0.25 if mode == "ft" else 0.08) * max(pixels / FULL_PIXELS, 0.05) * (1 if gpus else 10)
+    return _minutes(1.5 * epochs * images * fraction * per_image, 15)
