@@ -47,7 +47,10 @@ rule augment_reports:
             / 60
         ),
     params:
-        augmentation=config["reports"]["augmentation"],
+        # the GPU count is a job resource, not a setting of the translation
+        augmentation={
+            k: v for k, v in config["reports"]["augmentation"].items() if k != "gpus"
+        },
         legacy=config["legacy"],
         folds=config["reports"]["folds"],
         seed=config["seed"],
