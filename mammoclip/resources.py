@@ -10,17 +10,21 @@ counts, image size, epochs, data fraction); the constants are measured or upstre
 * Embedding: a B5 forward at 1520 x 912 takes ~5 s on a CPU and ~0.02 s on a GPU (batch of 8).
 * Classifiers: see :func:`classifier_runtime`.
 
-Snakemake's ``runtime`` is in minutes and ``mem_mb`` in MB; profiles can still override any rule
-(``set-resources``) and resubmissions grow them (``profiles/slurm``).
+Snakemake's ``runtime`` is in minutes and ``mem_mb`` in MB. The rules wrap every size in :func:`grow`, so
+a job that the profile resubmits (``retries`` in ``profiles/slurm``) after running out of memory or time asks
+for twice, then three times as much; profiles can still override any rule (``set-resources``).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
     "classifier_runtime",
+    "grow",
     "conversion_resources",
     "count_rows",
     "embedding_resources",
@@ -74,3 +78,17 @@ def classifier_runtime(
         return 15
     per_image = (0.25 if mode == "ft" else 0.08) * max(pixels / FULL_PIXELS, 0.05) * (1 if gpus else 10)
     return _minutes(1.5 * epochs * images * fraction * per_image, 15)
+
+
+def grow(base: float | Callable) -> Callable:
+    """A Snakemake resource callable: ``base`` (a number, or a function of ``wildcards`` [and ``threads``])
+    times ``attempt`` (1 on the first submission, 2 on the first resubmission, ...), as an integer."""
+    if not callable(base):
+        return lambda wildcards, attempt: int(base * attempt)
+    takes_threads = len(inspect.signature(base).parameters) > 1
+
+    def size(wildcards, threads, attempt):
+        value = base(wildcards, threads) if takes_threads else base(wildcards)
+        return int(value * attempt)
+
+    return size

@@ -26,8 +26,8 @@ rule vindr_tables:
         "../envs/mammoclip.yaml"
     threads: 1
     resources:
-        mem_mb=dataset_table_resources("vindr")["mem_mb"],
-        runtime=dataset_table_resources("vindr")["runtime"],
+        mem_mb=grow(dataset_table_resources("vindr")["mem_mb"]),
+        runtime=grow(dataset_table_resources("vindr")["runtime"]),
     params:
         folds=config["annotations"]["vindr_validation_folds"],
         seed=config["seed"],
@@ -48,8 +48,8 @@ rule rsna_folds:
         "../envs/mammoclip.yaml"
     threads: 1
     resources:
-        mem_mb=dataset_table_resources("rsna")["mem_mb"],
-        runtime=dataset_table_resources("rsna")["runtime"],
+        mem_mb=grow(dataset_table_resources("rsna")["mem_mb"]),
+        runtime=grow(dataset_table_resources("rsna")["runtime"]),
     params:
         folds=config["annotations"]["rsna_folds"],
         fold_file=config["annotations"]["rsna_fold_file"],

@@ -29,8 +29,8 @@ rule classify:
     threads: CLASSIFY_THREADS
     resources:
         gpu=CLASSIFY["gpus"],
-        mem_mb=CLASSIFY_MEM_MB,
-        runtime=classifier_runtime,
+        mem_mb=grow(CLASSIFY_MEM_MB),
+        runtime=grow(classifier_runtime),
     params:
         settings=classifier_settings,
         augment=CLASSIFY["augment"],

@@ -7,6 +7,7 @@ from pathlib import Path
 sys.path.insert(0, workflow.basedir)
 
 from mammoclip import resources as sizes
+from mammoclip.resources import grow
 from mammoclip.config import ConfigError, load_config
 from mammoclip.datasets import (
     DATASETS,

@@ -18,12 +18,16 @@ rule embed_images:
     threads: 2
     resources:
         gpu=config["inference"]["gpus"],
-        mem_mb=lambda wc: sizes.embedding_resources(
-            IMAGE_COUNTS[wc.dataset], PIXELS, config["inference"]["gpus"]
-        )["mem_mb"],
-        runtime=lambda wc: sizes.embedding_resources(
-            IMAGE_COUNTS[wc.dataset], PIXELS, config["inference"]["gpus"]
-        )["runtime"],
+        mem_mb=grow(
+            lambda wc: sizes.embedding_resources(
+                IMAGE_COUNTS[wc.dataset], PIXELS, config["inference"]["gpus"]
+            )["mem_mb"]
+        ),
+        runtime=grow(
+            lambda wc: sizes.embedding_resources(
+                IMAGE_COUNTS[wc.dataset], PIXELS, config["inference"]["gpus"]
+            )["runtime"]
+        ),
     params:
         height=config["preprocess"]["height"],
         width=config["preprocess"]["width"],
@@ -45,8 +49,8 @@ rule score_images:
         "../envs/mammoclip.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc: dataset_table_resources(wc.dataset)["mem_mb"],
-        runtime=lambda wc: dataset_table_resources(wc.dataset)["runtime"],
+        mem_mb=grow(lambda wc: dataset_table_resources(wc.dataset)["mem_mb"]),
+        runtime=grow(lambda wc: dataset_table_resources(wc.dataset)["runtime"]),
     params:
         prompts=config["inference"]["prompts"],
         text_backbone=config["text_backbone"],
@@ -84,8 +88,8 @@ rule zero_shot:
         "../envs/mammoclip.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc: dataset_table_resources(wc.dataset)["mem_mb"],
-        runtime=lambda wc: dataset_table_resources(wc.dataset)["runtime"],
+        mem_mb=grow(lambda wc: dataset_table_resources(wc.dataset)["mem_mb"]),
+        runtime=grow(lambda wc: dataset_table_resources(wc.dataset)["runtime"]),
     params:
         checkpoint=lambda wc: CHECKPOINTS[wc.model],
         seed=config["seed"],

@@ -25,14 +25,16 @@ for _name, _files in PHANTOM_METADATA.items():
             "../envs/mammoclip.yaml"
         threads: 1
         resources:
-            mem_mb=2000,
+            mem_mb=grow(2000),
             # ~0.5 s per study at the demo's 0.2 scale, 25x the pixels at full size
-            runtime=10
-            + int(
-                config["phantoms"][_name][PHANTOM_SIZE_KEY[_name]]
-                * 0.5
-                * max(config["phantoms"]["image_scale"] / 0.2, 1) ** 2
-                / 60
+            runtime=grow(
+                10
+                + int(
+                    config["phantoms"][_name][PHANTOM_SIZE_KEY[_name]]
+                    * 0.5
+                    * max(config["phantoms"]["image_scale"] / 0.2, 1) ** 2
+                    / 60
+                )
             ),
         params:
             dataset=_name,

@@ -15,12 +15,16 @@ rule convert_shard:
         "../envs/mammoclip.yaml"
     threads: 2  # worker processes inside the job
     resources:
-        mem_mb=lambda wc, threads: sizes.conversion_resources(
-            IMAGE_COUNTS[wc.dataset], len(SHARDS), threads
-        )["mem_mb"],
-        runtime=lambda wc, threads: sizes.conversion_resources(
-            IMAGE_COUNTS[wc.dataset], len(SHARDS), threads
-        )["runtime"],
+        mem_mb=grow(
+            lambda wc, threads: sizes.conversion_resources(
+                IMAGE_COUNTS[wc.dataset], len(SHARDS), threads
+            )["mem_mb"]
+        ),
+        runtime=grow(
+            lambda wc, threads: sizes.conversion_resources(
+                IMAGE_COUNTS[wc.dataset], len(SHARDS), threads
+            )["runtime"]
+        ),
     params:
         spec=dataset_spec,
         n_shards=len(SHARDS),
@@ -44,8 +48,8 @@ rule join_manifest:
         "../envs/mammoclip.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc: dataset_table_resources(wc.dataset)["mem_mb"],
-        runtime=lambda wc: dataset_table_resources(wc.dataset)["runtime"],
+        mem_mb=grow(lambda wc: dataset_table_resources(wc.dataset)["mem_mb"]),
+        runtime=grow(lambda wc: dataset_table_resources(wc.dataset)["runtime"]),
     params:
         spec=dataset_spec,
         max_failed_fraction=config["preprocess"]["max_failed_fraction"],

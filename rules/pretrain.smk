@@ -12,8 +12,8 @@ rule tiny_text_model:
         "../envs/mammoclip.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=grow(2000),
+        runtime=grow(10),
     params:
         settings={
             **config["pretrain"]["tiny_text_model"],
@@ -44,8 +44,8 @@ rule pretrain:
     threads: PRETRAIN_THREADS
     resources:
         gpu=config["pretrain"]["gpus"],
-        mem_mb=PRETRAIN_MEM_MB,
-        runtime=PRETRAIN_RUNTIME_MIN,
+        mem_mb=grow(PRETRAIN_MEM_MB),
+        runtime=grow(PRETRAIN_RUNTIME_MIN),
     params:
         settings={
             k: v

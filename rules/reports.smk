@@ -13,8 +13,8 @@ rule prepare_reports:
         "../envs/mammoclip.yaml"
     threads: 1
     resources:
-        mem_mb=dataset_table_resources("inhouse")["mem_mb"],
-        runtime=dataset_table_resources("inhouse")["runtime"],
+        mem_mb=grow(dataset_table_resources("inhouse")["mem_mb"]),
+        runtime=grow(dataset_table_resources("inhouse")["runtime"]),
     params:
         legacy=config["legacy"],
         folds=config["reports"]["folds"],
@@ -37,14 +37,16 @@ rule augment_reports:
     threads: 2
     resources:
         gpu=BACK_TRANSLATION_GPUS,
-        mem_mb=8000 if BACK_TRANSLATION_GPUS else 4000,
+        mem_mb=grow(8000 if BACK_TRANSLATION_GPUS else 4000),
         # two Marian passes per report sentence: ~0.05 s on a GPU, ~1 s on CPUs
-        runtime=10
-        + int(
-            IMAGE_COUNTS.get("inhouse", 1000)
-            * (0.05 if BACK_TRANSLATION_GPUS else 1.0)
-            * 2
-            / 60
+        runtime=grow(
+            10
+            + int(
+                IMAGE_COUNTS.get("inhouse", 1000)
+                * (0.05 if BACK_TRANSLATION_GPUS else 1.0)
+                * 2
+                / 60
+            )
         ),
     params:
         # the GPU count is a job resource, not a setting of the translation

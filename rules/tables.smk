@@ -40,8 +40,8 @@ rule classification_table:
         "../envs/mammoclip.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=grow(2000),
+        runtime=grow(10),
     params:
         plots={f"{d}/{label}": label for d, label in TABLE_PLOTS},
         model_of={path: name for name, path in CHECKPOINTS.items()},

@@ -5,6 +5,7 @@ from mammoclip.resources import (
     conversion_resources,
     count_rows,
     embedding_resources,
+    grow,
     table_resources,
 )
 
@@ -36,3 +37,11 @@ def test_tables_embedding_and_classifier_sizes():
     )
     assert ft == 15 + 3074 and lp == 15 + 99  # 1.5 x 30 x 16 391 x 0.25 s; 10 % and 0.08 s
     assert classifier_runtime(images=10, fraction=1, epochs=1, mode="lp", pixels=1, gpus=0, cached=True) == 15
+
+
+def test_grow_multiplies_by_the_attempt_for_numbers_and_functions():
+    assert grow(4000)(None, attempt=1) == 4000 and grow(4000)(None, attempt=3) == 12000
+    per_wildcard = grow(lambda wc: {"a": 10, "b": 20}[wc])
+    assert per_wildcard("b", 2, attempt=2) == 40
+    per_threads = grow(lambda wc, threads: 100 * threads)
+    assert per_threads("x", 4, attempt=1) == 400 and per_threads("x", 4, attempt=2) == 800
