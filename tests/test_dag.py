@@ -1,0 +1,22 @@
+"""The paper configuration's whole DAG resolves (dry run, no job runs) with the expected jobs."""
+
+import sys
+from pathlib import Path
+
+from mammoclip.bench import benchmark_dag
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_paper_config_dag_has_every_run(tmp_path):
+    result = benchmark_dag(
+        ROOT / "Snakefile",
+        ROOT / "config/paper.yaml",
+        tmp_path,
+        repeats=1,
+        snakemake=str(Path(sys.executable).with_name("snakemake")),
+    )
+    # classifiers: VinDr 3 labels x (paper: lp 0.1/0.5/1 + ft 1 = 4; clean: 5 folds x 4) + RSNA cancer
+    # (paper: lp 1 + ft 0.1/0.5/1 = 4; clean: 4 folds x 4), each x 3 seeds = (72 + 20) x 3 = 276;
+    # conversion 3 x 64 shards = 192; 19 others (joins, tables, pretraining, inference, zero-shot, all)
+    assert result["jobs"] == 276 + 192 + 19
