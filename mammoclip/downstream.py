@@ -230,23 +230,17 @@ def run_metrics(
     if n_classes == 1:
         predictions["probability"] = np.asarray(probs, dtype=np.float64).reshape(-1)
         level = "image" if protocol == "clean" else "finding rows"
-        values = binary_metrics(
-            predictions["label"],
-            predictions["probability"],
-            n_boot=n_boot,
-            seed=seed,
-            groups=predictions["patient_id"],
-        )
+
+        def auroc(frame: pd.DataFrame) -> dict:
+            # intervals resample whole patients
+            return binary_metrics(
+                frame["label"], frame["probability"], n_boot=n_boot, seed=seed, groups=frame["patient_id"]
+            )
+
+        values = auroc(predictions)
         if dataset == "rsna":
             rows.append({**_metric_row("auroc", "image", values, "auroc"), "primary": False})
-            breasts = aggregate_by(predictions, ["patient_id", "laterality"], "probability", "label")
-            values = binary_metrics(
-                breasts["label"],
-                breasts["probability"],
-                n_boot=n_boot,
-                seed=seed,
-                groups=breasts["patient_id"],
-            )
+            values = auroc(aggregate_by(predictions, ["patient_id", "laterality"], "probability", "label"))
             level = "breast"
         rows.append({**_metric_row("auroc", level, values, "auroc"), "primary": True})
         baseline = np.nan
