@@ -1,3 +1,4 @@
+import itertools
 import os
 import re
 import sys
@@ -9,6 +10,7 @@ sys.path.insert(0, workflow.basedir)
 from mammoclip import resources as sizes
 from mammoclip.resources import grow
 from mammoclip.config import ConfigError, load_config
+from mammoclip.labels import LABELS as CLASSIFIER_LABELS
 from mammoclip.datasets import (
     DATASETS,
     DatasetError,
@@ -93,8 +95,6 @@ def pretrain_inputs(wildcards):
 
 # Downstream classifier runs: one job per (protocol, dataset, label, model, mode, fraction, fold, seed),
 # enumerated from config so the wildcards' vocabularies are closed.
-from mammoclip.labels import LABELS as CLASSIFIER_LABELS
-
 CLASSIFY = config["classify"]
 CLASSIFY_LABELS = {
     label: settings
@@ -127,24 +127,27 @@ def classification_runs():
     runs = []
     for label, settings in CLASSIFY_LABELS.items():
         dataset = CLASSIFIER_LABELS[label].dataset
-        for protocol in CLASSIFY["protocols"]:
-            for mode, fractions in settings["fractions"].items():
-                for frac in fractions:
-                    for fold in classifier_folds(dataset, protocol):
-                        for seed in CLASSIFY["seeds"]:
-                            for model in CHECKPOINTS:
-                                runs.append(
-                                    dict(
-                                        protocol=protocol,
-                                        dataset=dataset,
-                                        label=label,
-                                        model=model,
-                                        mode=mode,
-                                        frac=format_fraction(frac),
-                                        fold=fold,
-                                        seed=seed,
-                                    )
-                                )
+        for protocol, (mode, fractions) in itertools.product(
+            CLASSIFY["protocols"], settings["fractions"].items()
+        ):
+            for frac, fold, seed, model in itertools.product(
+                fractions,
+                classifier_folds(dataset, protocol),
+                CLASSIFY["seeds"],
+                CHECKPOINTS,
+            ):
+                runs.append(
+                    dict(
+                        protocol=protocol,
+                        dataset=dataset,
+                        label=label,
+                        model=model,
+                        mode=mode,
+                        frac=format_fraction(frac),
+                        fold=fold,
+                        seed=seed,
+                    )
+                )
     return runs
 
 
