@@ -20,7 +20,6 @@ keys, checkpoint, tables, protocol, seed and code version.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -269,12 +268,6 @@ def run_metrics(
     return metrics, predictions
 
 
-def _write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    from mammoclip.annotations.tables import write_table
-
-    write_table(frame, path)
-
-
 def run_classification(
     *,
     dataset: str,
@@ -304,9 +297,9 @@ def run_classification(
     ``model`` (the selected weights, ``torch.save``) and ``provenance`` (JSON). Returns the metrics."""
     import torch
 
-    from mammoclip.annotations.tables import read_table
+    from mammoclip.annotations.tables import read_table, write_table
     from mammoclip.inference import pick_device, read_embeddings
-    from mammoclip.provenance import code_version, provenance
+    from mammoclip.provenance import code_version, write_provenance
     from mammoclip.train.classify import ClassifierConfig
 
     if mode not in MODES:
@@ -404,10 +397,11 @@ def run_classification(
             row.value_high,
         )
     predictions.insert(0, "part", "report")
-    _write_csv(metrics, outputs["metrics"])
-    _write_csv(predictions, outputs["predictions"])
-    _write_csv(pd.DataFrame(history), outputs["history"])
-    record = provenance(
+    write_table(metrics, outputs["metrics"])
+    write_table(predictions, outputs["predictions"])
+    write_table(pd.DataFrame(history), outputs["history"])
+    record = write_provenance(
+        outputs["provenance"],
         **keys,
         checkpoint=str(checkpoint),
         checkpoint_info={k: v for k, v in info.items() if isinstance(v, str | int | float | bool)},
@@ -422,5 +416,4 @@ def run_classification(
     tmp = Path(outputs["model"]).with_suffix(".tmp")
     torch.save({"state_dict": state, "metadata": record}, tmp)
     os.replace(tmp, outputs["model"])
-    Path(outputs["provenance"]).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     return metrics

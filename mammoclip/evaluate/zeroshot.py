@@ -31,11 +31,16 @@ TASK_LABELS: Mapping[str, Mapping[str, str]] = {
 }
 
 
-def positive_scores(scores: pd.DataFrame, task: str) -> pd.DataFrame:
-    """``image_id, score``: each image's probability of the task's last (positive) class."""
+def _task_rows(scores: pd.DataFrame, task: str) -> pd.DataFrame:
     rows = scores[scores["task"] == task]
     if rows.empty:
         raise ValueError(f"no scores for task {task!r} (tasks: {sorted(scores['task'].unique())})")
+    return rows
+
+
+def positive_scores(scores: pd.DataFrame, task: str) -> pd.DataFrame:
+    """``image_id, score``: each image's probability of the task's last (positive) class."""
+    rows = _task_rows(scores, task)
     positive = list(dict.fromkeys(rows["class"]))[-1]
     out = rows[rows["class"] == positive][["image_id", "probability"]].rename(
         columns={"probability": "score"}
@@ -69,9 +74,7 @@ def _result(dataset, label, task, protocol, level, subset, metrics, *, metric="a
 
 def predicted_classes(scores: pd.DataFrame, task: str) -> pd.DataFrame:
     """``image_id, score``: each image's most probable class of a task (its position in the class order)."""
-    rows = scores[scores["task"] == task]
-    if rows.empty:
-        raise ValueError(f"no scores for task {task!r} (tasks: {sorted(scores['task'].unique())})")
+    rows = _task_rows(scores, task)
     order = list(dict.fromkeys(rows["class"]))
     wide = rows.pivot_table(index="image_id", columns="class", values="probability", aggfunc="first")[order]
     out = pd.DataFrame({"image_id": wide.index.astype(str), "score": wide.to_numpy().argmax(axis=1)})
