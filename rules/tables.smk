@@ -1,8 +1,9 @@
 # The paper's classification tables (one per protocol), data-efficiency plots and the Snakemake report
 # (`snakemake --report report.zip`).
 
+# {label: dataset} of the labels with lp/ft runs, one data-efficiency plot each
 TABLE_PLOTS = {
-    (CLASSIFIER_LABELS[label].dataset, label): label
+    label: CLASSIFIER_LABELS[label].dataset
     for label, settings in CLASSIFY_LABELS.items()
     if any(settings["fractions"].values())
 }
@@ -32,7 +33,7 @@ rule classification_table:
                 subcategory="{protocol} protocol",
                 labels={"label": label, "protocol": "{protocol}"},
             )
-            for label in TABLE_PLOTS.values()
+            for label in TABLE_PLOTS
         ],
     log:
         "logs/tables/classification_{protocol}.log",
@@ -43,7 +44,7 @@ rule classification_table:
         mem_mb=grow(2000),
         runtime=grow(10),
     params:
-        plots={f"{d}/{label}": label for d, label in TABLE_PLOTS},
+        plot_datasets=TABLE_PLOTS,
         model_of={path: name for name, path in CHECKPOINTS.items()},
         paper_model=PAPER_MODEL,
     script:
