@@ -142,23 +142,34 @@ def prepare_vindr_tables(
     *,
     n_folds: int,
     seed: int,
+    legacy: bool = False,
+    box_table: str | Path | None = None,
 ) -> dict[str, pd.DataFrame]:
     """VinDr's row-level (upstream granularity), image-level, box and image-label tables.
 
-    Boxes are mapped into the PNG frame with the crop boxes of the preprocessing manifest; images that
-    failed conversion are excluded and counted in the log.
+    Boxes are mapped into the PNG frame with the crop boxes of the preprocessing manifest (upstream's
+    arithmetic with ``legacy``), or taken from upstream's row table ``box_table`` (validated against the
+    annotations) for the authors' PNG release; images that failed conversion are excluded and counted in
+    the log. ``legacy`` keeps boxes that stick out of the image as they are (else clipped). The tables'
+    ``attrs["box_summary"]`` says where the boxes came from and what was clipped.
     """
     from mammoclip.annotations.vindr import (
+        boxes_from_release_table,
         map_boxes_to_png,
+        read_release_box_table,
         read_vindr_annotations,
         vindr_image_label_table,
         vindr_image_table,
         vindr_row_table,
     )
 
-    breast, findings = read_vindr_annotations(breast_csv, findings_csv)
+    breast, findings = read_vindr_annotations(breast_csv, findings_csv, clip_boxes=not legacy)
     manifest = read_manifest(manifest_csv)
-    mapped = map_boxes_to_png(findings, manifest)
+    if box_table:
+        release = read_release_box_table(box_table)
+        mapped = boxes_from_release_table(findings, release, manifest, legacy=legacy)
+    else:
+        mapped = map_boxes_to_png(findings, manifest, legacy=legacy)
     rows = vindr_row_table(breast, mapped, manifest, n_folds=n_folds, seed=seed)
     images, boxes = vindr_image_table(breast, mapped, manifest, n_folds=n_folds, seed=seed)
     labels = vindr_image_label_table(images)
@@ -169,7 +180,20 @@ def prepare_vindr_tables(
         len(boxes),
         len(labels),
     )
-    return {"rows": rows, "images": images, "boxes": boxes, "image_labels": labels}
+    summary = {
+        "box_source": str(box_table) if box_table else "manifest crop boxes",
+        "box_mapping": "legacy (upstream's arithmetic)" if legacy else "corrected",
+        "boxes_beyond_image": findings.attrs["clipped_boxes"],
+        "boxes_clipped_to_image": not legacy,
+        "boxes_mapped": int(boxes["resized_xmin"].notna().sum()),
+        "boxes_without_png_box": int(boxes["resized_xmin"].isna().sum()),
+    }
+    if box_table:
+        summary["truncated_ymax_in_box_table"] = mapped.attrs.get("truncated_ymax", 0)
+    tables = {"rows": rows, "images": images, "boxes": boxes, "image_labels": labels}
+    for table in tables.values():
+        table.attrs["box_summary"] = summary
+    return tables
 
 
 def prepare_rsna_folds(

@@ -35,8 +35,10 @@ parameters, stated explicitly): about 250 kB and 10-15 ms for a 1520 x 912 image
 Manifest: :data:`MANIFEST_COLUMNS`. The crop box is in original DICOM pixel coordinates, half-open
 ``[crop_x0, crop_x1) x [crop_y0, crop_y1)``, including the 5-pixel border offset: exactly the region that
 was resized into the PNG (when legacy ties keep non-contiguous columns/rows it is their bounding range and
-``crop_contiguous`` is False). A point maps to the PNG as ``x_png = (x - crop_x0) * png_width / (crop_x1 -
-crop_x0)`` (same for y).
+``crop_contiguous`` is False). ``crop_n_rows`` / ``crop_n_cols`` count the rows/columns actually kept (the
+size of the region that was resized; equal to the box extents unless the crop is non-contiguous): upstream's
+box script scales by these counts, so legacy box mapping needs them. A point maps to the PNG as ``x_png = (x -
+crop_x0) * png_width / (crop_x1 - crop_x0)`` (same for y) when the crop is contiguous.
 
 Failure reason codes: those of :mod:`mammoclip.dicom` plus ``constant_image`` (no contrast after the border
 crop), ``unreadable_png`` (PNG-release mode), ``write_error`` (PNG could not be encoded/written) and
@@ -121,9 +123,14 @@ MANIFEST_COLUMNS = (
     "crop_x1",
     "crop_y1",
     "crop_contiguous",
+    "crop_n_rows",
+    "crop_n_cols",
     "png_height",
     "png_width",
 )
+_CROP_COLUMNS = ("crop_x0", "crop_y0", "crop_x1", "crop_y1", "crop_contiguous", "crop_n_rows", "crop_n_cols")
+#: added after the first release; read_manifest derives them for older manifests
+_LATER_COLUMNS = ("crop_n_rows", "crop_n_cols")
 _INT_COLUMNS = (
     "orig_height",
     "orig_width",
@@ -132,6 +139,8 @@ _INT_COLUMNS = (
     "crop_y0",
     "crop_x1",
     "crop_y1",
+    "crop_n_rows",
+    "crop_n_cols",
     "png_height",
     "png_width",
 )
@@ -191,6 +200,16 @@ class CropBox:
     @property
     def contiguous(self) -> bool:
         return self.rows is None and self.cols is None
+
+    @property
+    def n_rows(self) -> int:
+        """Rows kept (the height of the region that is resized into the PNG)."""
+        return self.y1 - self.y0 if self.rows is None else int(self.rows.size)
+
+    @property
+    def n_cols(self) -> int:
+        """Columns kept (the width of the region that is resized into the PNG)."""
+        return self.x1 - self.x0 if self.cols is None else int(self.cols.size)
 
     def extract(self, img: np.ndarray) -> np.ndarray:
         """The kept region of ``img`` (a view when contiguous)."""
@@ -374,7 +393,7 @@ def _blank_result(src: str | os.PathLike, dst: str | os.PathLike | None) -> dict
 
 def _fail(row: dict, reason: str, detail: str, dst: Path | None) -> dict:
     row.update(status="failed", reason=f"{reason}: {detail}")
-    for key in ("crop_x0", "crop_y0", "crop_x1", "crop_y1", "crop_contiguous", "png_height", "png_width"):
+    for key in (*_CROP_COLUMNS, "png_height", "png_width"):
         row[key] = pd.NA
     if dst is not None:
         try:
@@ -427,6 +446,8 @@ def convert_dicom_to_png(
         crop_x1=box.x1,
         crop_y1=box.y1,
         crop_contiguous=box.contiguous,
+        crop_n_rows=box.n_rows,
+        crop_n_cols=box.n_cols,
         png_height=int(png.shape[0]),
         png_width=int(png.shape[1]),
     )
@@ -574,10 +595,30 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     else:
         sep = "\t" if path.suffix == ".tsv" else ","
         frame = pd.read_csv(path, sep=sep, dtype={c: str for c in ("image_id", "patient_id", *_STR_COLUMNS)})
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns and c not in _LATER_COLUMNS]
     if missing:
         raise ValueError(f"{path}: not a preprocessing manifest (missing columns {missing})")
-    return _typed(frame)
+    return _typed(_with_kept_counts(frame))
+
+
+def _with_kept_counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``crop_n_rows``/``crop_n_cols`` to a manifest written before they existed.
+
+    For a contiguous crop they are the extents of the crop box; for a non-contiguous (legacy tie) crop
+    they cannot be recovered and stay empty (legacy box mapping then asks to rerun preprocessing).
+    """
+    if all(c in frame.columns for c in _LATER_COLUMNS):
+        return frame
+    frame = frame.copy()
+    contiguous = pd.array([_as_bool(v) for v in frame["crop_contiguous"]], dtype="boolean")
+    contiguous = np.asarray(contiguous.fillna(False), dtype=bool)
+    for column, (lo, hi) in zip(
+        _LATER_COLUMNS, (("crop_y0", "crop_y1"), ("crop_x0", "crop_x1")), strict=True
+    ):
+        extent = pd.to_numeric(frame[hi], errors="coerce") - pd.to_numeric(frame[lo], errors="coerce")
+        frame[column] = extent.where(contiguous)
+    extra = [c for c in frame.columns if c not in MANIFEST_COLUMNS]
+    return frame[[*MANIFEST_COLUMNS, *extra]]
 
 
 def write_manifest(manifest: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -10,6 +10,10 @@ Steps: dicomsdl ``pixelData()`` (float32, RescaleSlope/Intercept applied, nothin
 every side -> MONOCHROME1: ``max - x`` -> ``x - min``, ``/ max``, ``* 255``, cast to uint8 (truncation) ->
 breast extraction on a copy with values <= 40 set to 0 -> ``cv2.resize(img, (width, height), INTER_AREA)``.
 A constant image divides 0 by 0 exactly as upstream does (NaN cast to uint8).
+
+:func:`map_box_like_upstream` restates upstream's VinDr detector-box script the same way (one box, one
+DICOM, plain Python arithmetic): the oracle for :func:`mammoclip.annotations.vindr.map_boxes_to_png` with
+``legacy=True``, which computes the same numbers from the preprocessing manifest alone.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ import dicomsdl
 import numpy as np
 
 __all__ = [
+    "breast_indices",
     "convert_like_upstream",
     "extract_breast",
+    "map_box_like_upstream",
     "normalise_to_uint8",
     "read_pixels_like_upstream",
     "run_counts",
@@ -79,9 +85,8 @@ def _longest(flags: np.ndarray) -> np.ndarray:
     return np.where(counts == counts.max())[0]
 
 
-def extract_breast(img8: np.ndarray) -> np.ndarray:
-    """Upstream's breast heuristic: keep the longest run(s) of non-constant columns, then rows."""
-    original = img8.copy()
+def breast_indices(img8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Upstream's breast heuristic: the kept ``(row_ind, col_ind)``, longest run(s) of columns, then rows."""
     thresholded = np.where(img8 <= 40, 0, img8)
 
     height = thresholded.shape[0]
@@ -98,8 +103,45 @@ def extract_breast(img8: np.ndarray) -> np.ndarray:
         warnings.simplefilter("ignore", RuntimeWarning)
         row_flags = band_columns.std(axis=1) != 0
     rows = _longest(row_flags)
+    return rows, columns
 
-    return original[rows][:, columns]
+
+def extract_breast(img8: np.ndarray) -> np.ndarray:
+    """The kept rows x columns of the (unthresholded) image."""
+    rows, columns = breast_indices(img8)
+    return img8.copy()[rows][:, columns]
+
+
+def map_box_like_upstream(
+    dicom_path: str | os.PathLike,
+    box: tuple[float, float, float, float],
+    width: int = 912,
+    height: int = 1520,
+) -> tuple[float, float, float, float]:
+    """Upstream's detector-box script for one VinDr box ``(xmin, ymin, xmax, ymax)`` (original pixels).
+
+    Recomputes the crop on the DICOM, then, in Python floats: shift by the 5-pixel border with upstream's
+    clamps, which compare x against the cropped image's *height* and y against its *width*
+    (``max(0, xmin - 5)``, ``max(0, ymin - 5)``, ``min(h, xmax - 5)``, ``min(w, ymax - 5)`` for the cropped
+    ``h x w``); subtract the first kept column / row (``col_ind[0]``, ``row_ind[0]``), even when the kept
+    indices are not contiguous; scale x by ``width / len(col_ind)`` and y by ``height / len(row_ind)``.
+    Nothing is clipped afterwards. A NaN box goes through Python's ``max``/``min`` as upstream's did, which
+    return their first argument when compared with NaN.
+    """
+    pixels, photometric = read_pixels_like_upstream(dicom_path)
+    img8 = normalise_to_uint8(pixels, photometric)
+    rows, columns = breast_indices(img8)
+    xmin, ymin, xmax, ymax = (float(v) for v in box)
+    xmin, ymin = max(0, xmin - 5), max(0, ymin - 5)
+    xmax, ymax = min(img8.shape[0], xmax - 5), min(img8.shape[1], ymax - 5)
+    xmin, xmax = xmin - int(columns[0]), xmax - int(columns[0])
+    ymin, ymax = ymin - int(rows[0]), ymax - int(rows[0])
+    return (
+        xmin * width / len(columns),
+        ymin * height / len(rows),
+        xmax * width / len(columns),
+        ymax * height / len(rows),
+    )
 
 
 def convert_like_upstream(dicom_path: str | os.PathLike, width: int = 912, height: int = 1520) -> np.ndarray:

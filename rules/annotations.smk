@@ -10,6 +10,7 @@ VINDR_TABLES = {
 
 rule vindr_tables:
     input:
+        **vindr_box_table_input(),
         breast=lambda wc: SPECS["vindr"].metadata_csv,
         findings=lambda wc: SPECS["vindr"].root
         / config["datasets"]["vindr"]["findings_csv"],
@@ -31,6 +32,7 @@ rule vindr_tables:
     params:
         folds=config["annotations"]["vindr_validation_folds"],
         seed=config["seed"],
+        legacy=config["legacy"],
     script:
         "../workflow_scripts/vindr_tables.py"
 

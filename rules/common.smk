@@ -33,6 +33,14 @@ try:
         check_dataset_files(_spec)
 except DatasetError as err:
     raise WorkflowError(str(err)) from None
+if config["annotations"]["vindr_box_table"] and (
+    "vindr" not in ENABLED_DATASETS or config["datasets"]["vindr"]["source"] != "png"
+):
+    raise WorkflowError(
+        "config key 'annotations.vindr_box_table' is for the authors' PNG release "
+        "(datasets.vindr.source: png); with converted DICOMs the boxes are mapped with the manifest's "
+        "crop boxes (set legacy: true for upstream's arithmetic)"
+    )
 SHARDS = list(range(config["preprocess"]["shards"]))
 # Models evaluated downstream, by name: the configured checkpoint (its file stem), else our own
 # pretraining's best checkpoint (rules/pretrain.smk), which needs the in-house image+report data.
@@ -67,6 +75,12 @@ PRETRAIN_MEM_MB = 16000 * max(_GPUS, 1) if _GPUS else 4000
 PRETRAIN_RUNTIME_MIN = (
     config["pretrain"]["epochs"] * (360 // _GPUS if _GPUS else 15) + 30
 )
+
+
+def vindr_box_table_input():
+    """``{"box_table": path}`` when upstream's box table is the VinDr box source, else nothing."""
+    table = config["annotations"]["vindr_box_table"]
+    return {"box_table": table} if table else {}
 
 
 def metadata_csv(wildcards):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -315,3 +316,59 @@ def test_png_release_input_builds_the_manifest_without_converting(demo, tmp_path
     assert all(p.startswith(str(png_root)) for p in manifest["png_path"])
     assert not (workdir / "results/png").exists()
     assert set(manifest["png_height"]) == {"128"}
+
+
+def test_vindr_png_release_takes_boxes_from_upstreams_table(demo, tmp_path):
+    """The authors' PNG release (912 x 1520, no crop box) with upstream's row table as the box source."""
+    from mammoclip.annotations.tables import read_table, write_table
+
+    manifest = pd.read_csv(demo / "results/preprocess/vindr/manifest.csv", dtype=str)
+    png_root = tmp_path / "release"
+    for row in manifest.itertuples():
+        path = Path(row.png_path) if Path(row.png_path).is_absolute() else demo / row.png_path
+        study = path.parent.name
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        (png_root / study).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(png_root / study / f"{row.image_id}.png"), cv2.resize(img, (912, 1520)))
+    ours = read_table(demo / "results/annotations/vindr/vindr_detection_v1_folds.csv")
+    release = ours.iloc[:, :33].copy()  # upstream's 33 columns, boxes in its 912 x 1520 frame
+    scale = {
+        "resized_xmin": 912 / 80,
+        "resized_xmax": 912 / 80,
+        "resized_ymin": 1520 / 128,
+        "resized_ymax": 1520 / 128,
+    }
+    for column, factor in scale.items():
+        release[column] = release[column] * factor
+    write_table(release, tmp_path / "vindr_detection_v1_folds.csv")
+    phantom = demo / "resources/phantoms/vindr"
+    vindr = {
+        "source": "png",
+        "root": str(png_root),
+        "metadata_csv": str(phantom / "breast-level_annotations.csv"),
+        "findings_csv": str(phantom / "finding_annotations.csv"),
+        "png_template": "{study_id}/{image_id}.png",
+    }
+    config = {
+        **TINY,
+        "datasets": {"rsna": {"enabled": False}, "inhouse": {"enabled": False}, "vindr": vindr},
+        "annotations": {
+            **TINY["annotations"],
+            "vindr_box_table": str(tmp_path / "vindr_detection_v1_folds.csv"),
+        },
+    }
+    workdir = make_workdir(tmp_path / "wf", config)
+    snakemake(workdir, "results/annotations/vindr/provenance.json")
+    boxes = read_table(workdir / "results/annotations/vindr/vindr_boxes.csv")
+    expected = read_table(demo / "results/annotations/vindr/vindr_boxes.csv")
+    assert len(boxes) == len(expected) > 0
+    for column, factor in scale.items():
+        np.testing.assert_allclose(boxes[column], expected[column] * factor, rtol=1e-12)
+    provenance = json.loads((workdir / "results/annotations/vindr/provenance.json").read_text())
+    assert provenance["boxes"]["box_source"].endswith("vindr_detection_v1_folds.csv")
+    assert provenance["boxes"]["boxes_mapped"] == int(expected["resized_xmin"].notna().sum())
+    # the same table with converted DICOMs is refused before any job runs
+    dicom = {**config, "datasets": {**config["datasets"], "vindr": {"enabled": True}}}
+    failed = snakemake(make_workdir(tmp_path / "wf2", dicom), "-n", check=False)
+    assert failed.returncode != 0
+    assert "'annotations.vindr_box_table' is for the authors' PNG release" in failed.stdout + failed.stderr

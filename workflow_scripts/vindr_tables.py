@@ -13,6 +13,8 @@ tables = prepare_vindr_tables(
     snakemake.input.manifest,
     n_folds=snakemake.params.folds,
     seed=snakemake.params.seed,
+    legacy=snakemake.params.legacy,
+    box_table=snakemake.input.get("box_table"),
 )
 for name, table in tables.items():
     write_table(table, snakemake.output[name])
@@ -20,8 +22,10 @@ write_provenance(
     snakemake.output.provenance,
     stage="annotations",
     dataset="vindr",
-    data=[snakemake.input.breast, snakemake.input.findings, snakemake.input.manifest],
+    data=[str(path) for path in snakemake.input],
     validation_folds=snakemake.params.folds,
     seed=snakemake.params.seed,
+    legacy=snakemake.params.legacy,
     rows={name: len(table) for name, table in tables.items()},
+    boxes=tables["boxes"].attrs["box_summary"],
 )

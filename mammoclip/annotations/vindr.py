@@ -16,13 +16,20 @@ Pipeline::
 Validation (:func:`read_vindr_annotations`). Ids are read as strings. Missing columns, an unparsable or
 non-list ``finding_categories``, an unknown category, ``No Finding`` combined with another category,
 malformed ``BI-RADS k`` (k in 0-6) / ``DENSITY X`` (X in A-D) / laterality (L, R) / view (CC, MLO) / split
-(training, test) / size values, a box that is partly empty, non-numeric, not ``xmin < xmax`` and ``ymin <
-ymax``, or outside ``[0, width] x [0, height]``, a ``No Finding`` row with a box, a finding row without
-one, a duplicated image id in the breast-level file, a finding row whose image or per-image columns
-disagree with the breast-level file, an image with no finding row, and an image with both ``No Finding``
-and finding rows raise :class:`~mammoclip.annotations.tables.AnnotationError` naming the file, the 1-based
-data row (and CSV line) and the column. Extra columns are logged and ignored. All checks are vectorised
-(20 000 rows read and validated in well under a second).
+(training, test) / size values, a box that is partly empty, non-numeric, inverted, empty (``xmin == xmax``
+or ``ymin == ymax``) or entirely outside ``[0, width] x [0, height]``, a ``No Finding`` row with a box, a
+finding row without one, a duplicated image id in the breast-level file, a finding row whose image or
+per-image columns disagree with the breast-level file, an image with no finding row, and an image with
+both ``No Finding`` and finding rows raise :class:`~mammoclip.annotations.tables.AnnotationError` naming
+the file, the 1-based data row (and CSV line) and the column. Extra columns are logged and ignored. All
+checks are vectorised (20 000 rows read and validated in well under a second).
+
+What the real files contain passes: an empty ``finding_birads`` (18 357 rows of VinDr 1.0.0), lists of up to
+4 categories (35 distinct values), and boxes that stick out of the image by a few pixels (VinDr 1.0.0: 19
+with ``xmin < 0`` down to -26.8, 3 with ``ymin < 0``, 20 with ``xmax > width`` by up to 33.2, 1 with ``ymax >
+height`` by 41.1). Those are clipped to the image (``clip_boxes=False``, used in legacy mode, keeps them for
+upstream's arithmetic), counted in ``findings.attrs["clipped_boxes"]`` and logged: one warning per file with
+the count and the largest overshoot per side, one INFO line per box.
 
 Box mapping (:func:`map_boxes_to_png`, section 1.4 with its defects fixed). VinDr boxes are in original
 DICOM pixels; the manifest's crop box is half-open ``[crop_x0, crop_x1) x [crop_y0, crop_y1)`` in the same
@@ -38,10 +45,19 @@ the width, truncating tall boxes, and never clipped after the shift/scale). Deci
 * A row whose image is absent from the manifest, or failed preprocessing there, is **excluded**; the
   count, reasons, rows and ids are logged as a warning (``missing="error"`` raises for absent images).
 * A manifest without a crop box (a PNG release registered as is) cannot be mapped: resized boxes stay NaN
-  and the rows are counted in a warning. A non-contiguous legacy crop (``crop_contiguous`` False) is
-  mapped through its bounding range, which is approximate; such rows are counted in a warning.
+  and the rows are counted in a warning; :func:`boxes_from_release_table` takes them from upstream's row
+  table instead (validated against the annotations). A non-contiguous legacy crop (``crop_contiguous``
+  False) is mapped through its bounding range, which is approximate; such rows are counted in a warning.
 * The manifest's ``orig_height``/``orig_width`` must equal the CSV's ``height``/``width`` (else the boxes
   are in another frame): a mismatch raises.
+
+Legacy box mapping (``map_boxes_to_png(..., legacy=True)``, :func:`legacy_box_mapping`): upstream's
+arithmetic exactly, so that converting the DICOMs with ``legacy: true`` rebuilds upstream's
+``vindr_detection_v1_folds.csv``: the border shift with its swapped-axis clamps, the offset of the first
+kept column/row and the scale from the kept counts (the manifest's ``crop_n_rows``/``crop_n_cols``, which
+differ from the bounding range for tie crops), no clipping, and upstream's made-up box on the normal rows
+among the first :data:`UPSTREAM_BOX_ROWS` rows. It equals
+:func:`mammoclip.upstream_reference.map_box_like_upstream` bit for bit.
 
 Row table (:func:`vindr_row_table`, :data:`ROW_TABLE_COLUMNS`): upstream's ``vindr_detection_v1_folds.csv``
 layout, one row per finding row in ``finding_annotations.csv`` order (minus excluded images).
@@ -100,6 +116,7 @@ from mammoclip.annotations.tables import (
     require_columns,
     source_of,
 )
+from mammoclip.preprocess import BORDER as _BORDER
 
 __all__ = [
     "BOX_COLUMNS",
@@ -115,9 +132,15 @@ __all__ = [
     "ONE_HOT_COLUMNS",
     "RESIZED_COLUMNS",
     "ROW_TABLE_COLUMNS",
+    "RELEASE_PNG_SIZE",
+    "RELEASE_TABLE_COLUMNS",
+    "UPSTREAM_BOX_ROWS",
     "assign_validation_folds",
+    "boxes_from_release_table",
     "finding_slots",
+    "legacy_box_mapping",
     "map_boxes_to_png",
+    "read_release_box_table",
     "read_vindr_annotations",
     "validate_vindr_annotations",
     "vindr_image_label_table",
@@ -189,6 +212,9 @@ _SHARED = (
     "study_id", "series_id", "laterality", "view_position", "height", "width", "breast_birads",
     "breast_density", "split",
 )  # fmt: skip
+_KEPT_COUNTS = ("crop_n_rows", "crop_n_cols")
+#: data rows of finding_annotations.csv that upstream's box script processed (``head(2255)``)
+UPSTREAM_BOX_ROWS = 2255
 _MANIFEST_GEOMETRY = (
     "orig_height", "orig_width", "crop_x0", "crop_y0", "crop_x1", "crop_y1", "png_height", "png_width",
 )  # fmt: skip
@@ -200,17 +226,18 @@ _MANIFEST_GEOMETRY = (
 
 
 def read_vindr_annotations(
-    breast_csv: str | os.PathLike, findings_csv: str | os.PathLike
+    breast_csv: str | os.PathLike, findings_csv: str | os.PathLike, *, clip_boxes: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read and validate VinDr's two annotation CSVs; see the module docstring for every check.
 
     Returns ``(breast, findings)``: string columns except ``height``/``width`` (int64) and the boxes
-    (float64, NaN when empty); ``finding_categories`` holds lists; empty ``finding_birads`` is NaN. The
-    index is the 0-based data row of each file and ``attrs["source"]`` its path.
+    (float64, NaN when empty, clipped to the image unless ``clip_boxes`` is False); ``finding_categories``
+    holds lists; empty ``finding_birads`` is NaN. The index is the 0-based data row of each file,
+    ``attrs["source"]`` its path and ``findings.attrs["clipped_boxes"]`` the clipping counts.
     """
     breast = read_csv_strict(breast_csv, BREAST_COLUMNS, what="VinDr breast-level annotations")
     findings = read_csv_strict(findings_csv, FINDING_COLUMNS, what="VinDr finding annotations")
-    return validate_vindr_annotations(breast, findings)
+    return validate_vindr_annotations(breast, findings, clip_boxes=clip_boxes)
 
 
 def _check_identity(frame: pd.DataFrame) -> None:
@@ -243,7 +270,7 @@ def _typed_size(frame: pd.DataFrame) -> None:
 
 
 def validate_vindr_annotations(
-    breast: pd.DataFrame, findings: pd.DataFrame
+    breast: pd.DataFrame, findings: pd.DataFrame, *, clip_boxes: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate and type the two VinDr tables ; see :func:`read_vindr_annotations`."""
     require_columns(breast, BREAST_COLUMNS, what="VinDr breast-level annotations")
@@ -287,14 +314,8 @@ def validate_vindr_annotations(
 
     width = pd.to_numeric(findings["width"]).to_numpy(dtype=float)
     height = pd.to_numeric(findings["height"]).to_numpy(dtype=float)
-    x0, y0, x1, y1 = (boxes[c] for c in BOX_COLUMNS)
-    with np.errstate(invalid="ignore"):
-        raise_at(findings, has_box & ~(x0 < x1), "xmin", "xmin must be < xmax")
-        raise_at(findings, has_box & ~(y0 < y1), "ymin", "ymin must be < ymax")
-        raise_at(findings, has_box & (x0 < 0), "xmin", "box outside the image (xmin < 0)")
-        raise_at(findings, has_box & (y0 < 0), "ymin", "box outside the image (ymin < 0)")
-        raise_at(findings, has_box & (x1 > width), "xmax", "box outside the image (xmax > width)")
-        raise_at(findings, has_box & (y1 > height), "ymax", "box outside the image (ymax > height)")
+    _check_box_geometry(findings, boxes, has_box, width=width, height=height)
+    boxes, clipped = _clip_to_image(findings, boxes, has_box, width=width, height=height, clip=clip_boxes)
 
     # consistency with the breast-level file
     by_image = breast.set_index("image_id")
@@ -333,8 +354,89 @@ def validate_vindr_annotations(
     findings["finding_birads"] = fb.where(fb != "")
     for column in BOX_COLUMNS:
         findings[column] = boxes[column]
-    breast.attrs, findings.attrs = breast_attrs, findings_attrs
+    breast.attrs = breast_attrs
+    findings.attrs = {**findings_attrs, "clipped_boxes": clipped, "boxes_clipped": clip_boxes}
     return breast, findings
+
+
+def _check_box_geometry(
+    findings: pd.DataFrame, boxes: dict[str, np.ndarray], has_box: np.ndarray, *, width: np.ndarray,
+    height: np.ndarray,
+) -> None:  # fmt: skip
+    """Refuse boxes that are inverted, empty or entirely outside ``[0, width] x [0, height]``."""
+    x0, y0, x1, y1 = (boxes[c] for c in BOX_COLUMNS)
+    with np.errstate(invalid="ignore"):
+        raise_at(findings, has_box & (x0 > x1), "xmin", "inverted box: xmin must be < xmax")
+        raise_at(findings, has_box & (y0 > y1), "ymin", "inverted box: ymin must be < ymax")
+        raise_at(findings, has_box & (x0 == x1), "xmin", "empty box: xmin must be < xmax")
+        raise_at(findings, has_box & (y0 == y1), "ymin", "empty box: ymin must be < ymax")
+        outside = "box entirely outside the image"
+        raise_at(findings, has_box & (x1 <= 0), "xmax", f"{outside} (xmax <= 0)")
+        raise_at(findings, has_box & (y1 <= 0), "ymax", f"{outside} (ymax <= 0)")
+        raise_at(findings, has_box & (x0 >= width), "xmin", f"{outside} (xmin >= width)")
+        raise_at(findings, has_box & (y0 >= height), "ymin", f"{outside} (ymin >= height)")
+
+
+def _clip_to_image(
+    findings: pd.DataFrame, boxes: dict[str, np.ndarray], has_box: np.ndarray, *, width: np.ndarray,
+    height: np.ndarray, clip: bool,
+) -> tuple[dict[str, np.ndarray], dict]:  # fmt: skip
+    """Clip boxes that stick out of the image (real VinDr has 43 such sides, up to 41 px) and report them.
+
+    Returns the (clipped unless ``clip`` is False) boxes and ``{"boxes": n, column: {"rows": n,
+    "max_px": overshoot}}``; one warning per file gives the counts and overshoots, one INFO line per box
+    the row, image and values.
+    """
+    beyond = {
+        "xmin": np.where(has_box, -boxes["xmin"], np.nan),
+        "ymin": np.where(has_box, -boxes["ymin"], np.nan),
+        "xmax": np.where(has_box, boxes["xmax"] - width, np.nan),
+        "ymax": np.where(has_box, boxes["ymax"] - height, np.nan),
+    }
+    with np.errstate(invalid="ignore"):
+        out = {c: np.nan_to_num(v, nan=0.0) > 0 for c, v in beyond.items()}
+    any_out = np.any(list(out.values()), axis=0)
+    stats: dict = {"boxes": int(any_out.sum())}
+    for column in BOX_COLUMNS:
+        stats[column] = {
+            "rows": int(out[column].sum()),
+            "max_px": round(float(beyond[column][out[column]].max()), 3) if out[column].any() else 0.0,
+        }
+    if not any_out.any():
+        return boxes, stats
+    source = source_of(findings)
+    action = "clipped to the image" if clip else "kept as they are (legacy: upstream's arithmetic)"
+    limit = {"xmin": "xmin < 0", "ymin": "ymin < 0", "xmax": "xmax > width", "ymax": "ymax > height"}
+    sides = ", ".join(
+        f"{limit[c]} on {stats[c]['rows']} row(s) (by up to {stats[c]['max_px']:g} px)"
+        for c in BOX_COLUMNS
+        if stats[c]["rows"]
+    )
+    log.warning(
+        "%s: %d box(es) extend beyond the image and were %s: %s", source, stats["boxes"], action, sides
+    )
+    for index in findings.index[any_out]:
+        i = findings.index.get_loc(index)
+        log.info(
+            "%s: image %s box %s (image %d x %d)",
+            location(findings, [index]),
+            findings.at[index, "image_id"],
+            [float(boxes[c][i]) for c in BOX_COLUMNS],
+            int(width[i]),
+            int(height[i]),
+        )
+    return (_clipped(boxes, width=width, height=height) if clip else boxes), stats
+
+
+def _clipped(boxes: dict[str, np.ndarray], *, width: np.ndarray, height: np.ndarray) -> dict[str, np.ndarray]:
+    """Boxes clipped to ``[0, width] x [0, height]`` (NaN stays NaN)."""
+    with np.errstate(invalid="ignore"):
+        return {
+            "xmin": np.where(boxes["xmin"] < 0, 0.0, boxes["xmin"]),
+            "ymin": np.where(boxes["ymin"] < 0, 0.0, boxes["ymin"]),
+            "xmax": np.where(boxes["xmax"] > width, width, boxes["xmax"]),
+            "ymax": np.where(boxes["ymax"] > height, height, boxes["ymax"]),
+        }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,19 +456,77 @@ def _examples(frame: pd.DataFrame, mask: np.ndarray, n: int = 3) -> str:
 
 
 def map_boxes_to_png(
-    findings: pd.DataFrame, manifest: pd.DataFrame, *, missing: str = "exclude"
+    findings: pd.DataFrame, manifest: pd.DataFrame, *, missing: str = "exclude", legacy: bool = False
 ) -> pd.DataFrame:
     """Add ``resized_xmin, resized_ymin, resized_xmax, resized_ymax`` (PNG pixels) to the finding rows.
 
     Rows of images absent from / failed in ``manifest`` are excluded and logged (``missing="error"``
-    raises for absent images). See the module docstring for the formula and the NaN decisions. The
-    index (source rows) and ``attrs`` of ``findings`` are kept.
+    raises for absent images). See the module docstring for the formula and the NaN decisions;
+    ``legacy=True`` reproduces upstream's arithmetic instead (:func:`legacy_box_mapping`). The index
+    (source rows) and ``attrs`` of ``findings`` are kept.
     """
     require_columns(findings, ["image_id", "height", "width", *BOX_COLUMNS])
-    columns = [*_MANIFEST_GEOMETRY, *(["crop_contiguous"] if "crop_contiguous" in manifest.columns else [])]
-    joined = join_manifest(findings, manifest, columns=columns, missing=missing, what="finding rows")
+    optional = [c for c in ("crop_contiguous", *_KEPT_COUNTS) if c in manifest.columns]
+    joined = join_manifest(
+        findings, manifest, columns=[*_MANIFEST_GEOMETRY, *optional], missing=missing, what="finding rows"
+    )
     source = source_of(findings)
+    _check_dicom_size(joined)
 
+    x0, y0, x1, y1 = (_float(joined[c]) for c in ("crop_x0", "crop_y0", "crop_x1", "crop_y1"))
+    pw, ph = _float(joined["png_width"]), _float(joined["png_height"])
+    bx0, by0, bx1, by1 = (joined[c].to_numpy(dtype=float) for c in BOX_COLUMNS)
+    has_box = ~np.isnan(bx0)
+    has_crop = ~(np.isnan(x0) | np.isnan(y0) | np.isnan(x1) | np.isnan(y1) | np.isnan(pw) | np.isnan(ph))
+    no_crop = has_box & ~has_crop
+    if no_crop.any():
+        log.warning(
+            "%s: %d box(es) belong to images without a crop box in the manifest (PNG release?); "
+            "their resized boxes stay NaN (give upstream's box table as annotations.vindr_box_table to take "
+            "its boxes) (e.g. %s)",
+            source,
+            int(no_crop.sum()),
+            _examples(joined, no_crop),
+        )
+    if legacy:
+        out = joined[list(findings.columns)].copy()
+        for column, value in zip(RESIZED_COLUMNS, legacy_box_mapping(joined), strict=True):
+            out[column] = value
+        out.attrs = dict(findings.attrs)
+        return out
+
+    contiguous = (
+        joined["crop_contiguous"].astype("boolean").to_numpy(dtype=bool, na_value=True)
+        if "crop_contiguous" in joined.columns
+        else np.ones(len(joined), dtype=bool)
+    )
+    legacy_split = has_box & has_crop & ~contiguous
+    if legacy_split.any():
+        log.warning(
+            "%s: %d box(es) are on images with a non-contiguous (legacy) crop; mapped through its bounding "
+            "range, which matches neither upstream nor the pixels (set legacy: true for upstream's mapping, "
+            "or convert with legacy: false)",
+            source,
+            int(legacy_split.sum()),
+        )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw = [
+            (bx0 - x0) * pw / (x1 - x0),
+            (by0 - y0) * ph / (y1 - y0),
+            (bx1 - x0) * pw / (x1 - x0),
+            (by1 - y0) * ph / (y1 - y0),
+        ]
+    mapped, empty = _clip_to_png(joined, raw, has_box & has_crop, pw, ph, what="breast crop")
+    keep = has_box & has_crop & ~empty
+    out = joined[list(findings.columns)].copy()
+    for column, value in zip(RESIZED_COLUMNS, mapped, strict=True):
+        out[column] = np.where(keep, value, np.nan)
+    out.attrs = dict(findings.attrs)
+    return out
+
+
+def _check_dicom_size(joined: pd.DataFrame) -> None:
+    """The CSV's height/width must equal the DICOM size (manifest ``orig_*``), else the frames differ."""
     for ours, theirs in (("height", "orig_height"), ("width", "orig_width")):
         dicom = _float(joined[theirs])
         bad = ~np.isnan(dicom) & (dicom != _float(joined[ours]))
@@ -378,65 +538,265 @@ def map_boxes_to_png(
                 f"{joined.at[first, 'image_id']}); the boxes would be mapped from the wrong frame",
             )  # fmt: skip
 
-    x0, y0, x1, y1 = (_float(joined[c]) for c in ("crop_x0", "crop_y0", "crop_x1", "crop_y1"))
-    pw, ph = _float(joined["png_width"]), _float(joined["png_height"])
-    bx0, by0, bx1, by1 = (joined[c].to_numpy(dtype=float) for c in BOX_COLUMNS)
-    has_box = ~np.isnan(bx0)
-    has_crop = ~(np.isnan(x0) | np.isnan(y0) | np.isnan(x1) | np.isnan(y1) | np.isnan(pw) | np.isnan(ph))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        raw = [
-            (bx0 - x0) * pw / (x1 - x0),
-            (by0 - y0) * ph / (y1 - y0),
-            (bx1 - x0) * pw / (x1 - x0),
-            (by1 - y0) * ph / (y1 - y0),
-        ]
-        limits = [pw, ph, pw, ph]
-        mapped = [np.clip(v, 0.0, lim) for v, lim in zip(raw, limits, strict=True)]
-        empty = has_box & has_crop & ((mapped[2] <= mapped[0]) | (mapped[3] <= mapped[1]))
-        clipped = (
-            has_box & has_crop & ~empty & np.any([m != r for m, r in zip(mapped, raw, strict=True)], axis=0)
-        )
 
+def _clip_to_png(
+    joined: pd.DataFrame, raw: list[np.ndarray], mappable: np.ndarray, pw: np.ndarray, ph: np.ndarray, *,
+    what: str,
+) -> tuple[list[np.ndarray], np.ndarray]:  # fmt: skip
+    """Clip PNG-frame boxes to ``[0, pw] x [0, ph]``; returns them and the rows left empty (logged)."""
+    with np.errstate(invalid="ignore"):
+        mapped = [np.clip(v, 0.0, lim) for v, lim in zip(raw, [pw, ph, pw, ph], strict=True)]
+        empty = mappable & ((mapped[2] <= mapped[0]) | (mapped[3] <= mapped[1]))
+        clipped = mappable & ~empty & np.any([m != r for m, r in zip(mapped, raw, strict=True)], axis=0)
     if empty.any():
         log.warning(
-            "%s: %d box(es) lie entirely outside the breast crop and are kept with NaN resized boxes "
-            "(e.g. %s)",
+            "%s: %d box(es) lie entirely outside the %s (or are inverted there) and are kept with NaN "
+            "resized boxes (e.g. %s)",
             location(joined, joined.index[empty]),
             int(empty.sum()),
+            what,
             _examples(joined, empty),
         )
     if clipped.any():
         log.info(
-            "%s: %d box(es) partly outside the breast crop were clipped to the PNG",
-            source,
+            "%s: %d box(es) partly outside the %s were clipped to the PNG",
+            source_of(joined),
             int(clipped.sum()),
+            what,
         )
-    no_crop = has_box & ~has_crop
-    if no_crop.any():
-        log.warning(
-            "%s: %d box(es) belong to images without a crop box in the manifest (PNG release?); "
-            "their resized boxes stay NaN (e.g. %s)",
-            source,
-            int(no_crop.sum()),
-            _examples(joined, no_crop),
-        )
-    if "crop_contiguous" in joined.columns:
-        legacy_split = has_box & (joined["crop_contiguous"].astype("boolean") == False).to_numpy(  # noqa: E712
-            dtype=bool, na_value=False
-        )
-        if legacy_split.any():
-            log.warning(
-                "%s: %d box(es) are on images with a non-contiguous (legacy) crop; mapped through its "
-                "bounding range, which is approximate",
-                source,
-                int(legacy_split.sum()),
-            )
+    return mapped, empty
 
-    keep = has_box & has_crop & ~empty
+
+def legacy_box_mapping(joined: pd.DataFrame) -> list[np.ndarray]:
+    """Upstream's detector-box arithmetic, vectorised, from the manifest alone: the four resized columns.
+
+    ``joined``: finding rows with the CSV boxes (not clipped) and the manifest's geometry. Per box, in
+    float64 as upstream's Python floats: ``xmin' = max(0, xmin - 5)``, ``ymin' = max(0, ymin - 5)``,
+    ``xmax' = min(H - 10, xmax - 5)``, ``ymax' = min(W - 10, ymax - 5)`` (x clamped by the border-cropped
+    *height*, y by its *width*: upstream's axis mix-up), minus the first kept column ``crop_x0 - 5`` / row
+    ``crop_y0 - 5``, times ``png_width / crop_n_cols`` / ``png_height / crop_n_rows`` (the kept counts,
+    also for non-contiguous tie crops); nothing is clipped. Upstream ran the script on the first
+    :data:`UPSTREAM_BOX_ROWS` data rows of ``finding_annotations.csv`` (every box plus the first normal
+    row), where Python's ``max(0, nan)`` / ``min(h, nan)`` turned an empty box into ``(0, 0, H - 10, W -
+    10)``: normal rows among the first :data:`UPSTREAM_BOX_ROWS` source rows (the index) get that box,
+    later ones stay NaN. Rows without a crop box stay NaN.
+    """
+    h = _float(joined["orig_height"]) - 2 * _BORDER
+    w = _float(joined["orig_width"]) - 2 * _BORDER
+    col0 = _float(joined["crop_x0"]) - _BORDER
+    row0 = _float(joined["crop_y0"]) - _BORDER
+    pw, ph = _float(joined["png_width"]), _float(joined["png_height"])
+    n_rows, n_cols = _kept_counts(joined)
+    bx0, by0, bx1, by1 = (joined[c].to_numpy(dtype=float) - _BORDER for c in BOX_COLUMNS)
+    has_box = ~np.isnan(bx0)
+    positions = np.asarray(joined.index) if pd.api.types.is_integer_dtype(joined.index) else None
+    upstream_rows = has_box.copy() if positions is None else has_box | (positions < UPSTREAM_BOX_ROWS)
+    mappable = upstream_rows & ~np.isnan(col0) & ~np.isnan(row0) & ~np.isnan(pw) & ~np.isnan(ph)
+    needs_counts = mappable & (np.isnan(n_rows) | np.isnan(n_cols))
+    if needs_counts.any():
+        raise_at(
+            joined, needs_counts, "image_id",
+            "the PNG manifest does not record how many rows/columns this image's non-contiguous crop "
+            "kept (crop_n_rows, crop_n_cols), which upstream's box scaling needs; rerun the preprocessing "
+            "stage with legacy: true",
+        )  # fmt: skip
+    with np.errstate(invalid="ignore"):
+        # comparisons with NaN are False, so these are exactly Python's max(0, v) and min(limit, v)
+        xmin = np.where(bx0 > 0, bx0, 0.0) - col0
+        ymin = np.where(by0 > 0, by0, 0.0) - row0
+        xmax = np.where(bx1 < h, bx1, h) - col0
+        ymax = np.where(by1 < w, by1, w) - row0
+        resized = [xmin * pw / n_cols, ymin * ph / n_rows, xmax * pw / n_cols, ymax * ph / n_rows]
+    resized = [np.where(mappable, v, np.nan) for v in resized]
+    beyond = mappable & ((resized[0] < 0) | (resized[1] < 0) | (resized[2] > pw) | (resized[3] > ph))
+    if beyond.any():
+        log.info(
+            "%s: legacy box mapping: %d box(es) extend beyond the PNG (upstream does not clip)",
+            source_of(joined),
+            int(beyond.sum()),
+        )
+    made_up = mappable & ~has_box
+    if made_up.any():
+        log.info(
+            "%s: legacy box mapping: %d normal row(s) among the first %d rows get upstream's whole-image "
+            "box (%s)",
+            source_of(joined),
+            int(made_up.sum()),
+            UPSTREAM_BOX_ROWS,
+            location(joined, joined.index[made_up]),
+        )
+    return resized
+
+
+def _kept_counts(joined: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(crop_n_rows, crop_n_cols)``: from the manifest, else the crop extents when it is contiguous."""
+    n_rows = _float(joined["crop_y1"]) - _float(joined["crop_y0"])
+    n_cols = _float(joined["crop_x1"]) - _float(joined["crop_x0"])
+    if "crop_contiguous" in joined.columns:
+        contiguous = joined["crop_contiguous"].astype("boolean").to_numpy(dtype=bool, na_value=False)
+        n_rows = np.where(contiguous, n_rows, np.nan)
+        n_cols = np.where(contiguous, n_cols, np.nan)
+    if "crop_n_rows" in joined.columns:
+        recorded = _float(joined["crop_n_rows"])
+        n_rows = np.where(np.isnan(recorded), n_rows, recorded)
+    if "crop_n_cols" in joined.columns:
+        recorded = _float(joined["crop_n_cols"])
+        n_cols = np.where(np.isnan(recorded), n_cols, recorded)
+    return n_rows, n_cols
+
+
+# --------------------------------------------------------------------------------------------------
+# Boxes from upstream's row table (the authors' PNG release)
+# --------------------------------------------------------------------------------------------------
+
+#: the frame of upstream's ``resized_*`` boxes: its PNGs are 912 wide and 1520 tall
+RELEASE_PNG_SIZE = (912, 1520)
+#: the columns of upstream's table that the boxes are taken from and checked against
+RELEASE_TABLE_COLUMNS = (
+    "image_id", "height", "width", "finding_categories", *BOX_COLUMNS, "split", *RESIZED_COLUMNS,
+)  # fmt: skip
+
+
+def read_release_box_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read upstream's ``vindr_detection_v1_folds.csv`` (strings; other columns kept as they are)."""
+    return read_csv_strict(
+        path, RELEASE_TABLE_COLUMNS, what="upstream's VinDr box table (vindr_detection_v1_folds.csv)",
+        keep_extra=True,
+    )  # fmt: skip
+
+
+def _box_key(
+    frame: pd.DataFrame, categories: Sequence[Sequence[str]], boxes: dict[str, np.ndarray]
+) -> pd.Series:
+    """``image|categories|box`` per row (box to 1e-4 px, categories sorted): what identifies a finding row."""
+    image = frame["image_id"].astype(str).str.removesuffix(".png").to_numpy()
+    cats = ["/".join(sorted(c)) for c in categories]
+    coords = np.column_stack([np.round(boxes[c], 4) for c in BOX_COLUMNS])
+    text = [
+        f"{i}|{c}|" + ",".join("" if np.isnan(v) else f"{v:.4f}" for v in row)
+        for i, c, row in zip(image, cats, coords, strict=True)
+    ]
+    return pd.Series(text, index=frame.index)
+
+
+def _occurrence_keys(keys: pd.Series) -> pd.Series:
+    """``key#k`` for the k-th row with that key, so repeated identical findings match one to one."""
+    return keys + "#" + keys.groupby(keys).cumcount().astype(str)
+
+
+def boxes_from_release_table(
+    findings: pd.DataFrame,
+    release: pd.DataFrame,
+    manifest: pd.DataFrame,
+    *,
+    legacy: bool = False,
+    missing: str = "exclude",
+) -> pd.DataFrame:
+    """The finding rows + ``resized_*`` taken from upstream's row table instead of from crop boxes.
+
+    For the authors' PNG release (no crop box in the manifest). ``release`` (:func:`read_release_box_table`)
+    must describe exactly the rows of ``findings``: every row matched one to one by image id (``.png``
+    suffix ignored), categories and original box (clipped to the image like ``findings`` when it was),
+    and the same number of rows per split; otherwise :class:`AnnotationError` names the first unmatched
+    rows of each file. Each release PNG must be :data:`RELEASE_PNG_SIZE` (the frame of the boxes).
+
+    Default: finding rows take the table's boxes clipped to the PNG (a box left empty is kept with NaN and
+    logged), normal rows NaN; a finding row without a resized box is an error. ``legacy=True`` takes
+    every ``resized_*`` value as written (upstream's unclipped boxes and its made-up box on a normal row
+    included). Boxes whose ``ymax`` upstream truncated (its border clamp compared y with the image width,
+    so ``ymax - 5 > width - 10``) are counted in a warning: the release does not let us recover them.
+    Images absent from / failed in ``manifest`` are excluded (logged), as in :func:`map_boxes_to_png`.
+    """
+    require_columns(findings, [*FINDING_COLUMNS])
+    require_columns(release, RELEASE_TABLE_COLUMNS, what="upstream's VinDr box table")
+    source, theirs = source_of(findings), source_of(release, "box table")
+    attrs = dict(release.attrs)
+    release = _as_text(release)
+    release.attrs = attrs
+
+    ours_n = findings["split"].value_counts().to_dict()
+    theirs_n = release["split"].str.strip().value_counts().to_dict()
+    if ours_n != theirs_n:
+        raise AnnotationError(
+            f"{theirs}: rows per split {dict(sorted(theirs_n.items()))} differ from {source} "
+            f"{dict(sorted(ours_n.items()))}: not the box table of these annotations"
+        )
+    categories = parse_list_column(release, "finding_categories", allowed=LABELS)
+    boxes = {}
+    for column in (*BOX_COLUMNS, *RESIZED_COLUMNS):
+        text = release[column].str.strip()
+        value = pd.to_numeric(text.where(text != ""), errors="coerce").to_numpy(dtype=float)
+        raise_at(release, (text != "").to_numpy() & np.isnan(value), column, "expected a number or empty")
+        boxes[column] = value
+    if findings.attrs.get("boxes_clipped", False):
+        width = pd.to_numeric(release["width"], errors="coerce").to_numpy(dtype=float)
+        height = pd.to_numeric(release["height"], errors="coerce").to_numpy(dtype=float)
+        boxes.update(_clipped(boxes, width=width, height=height))
+    ours_key = _occurrence_keys(
+        _box_key(
+            findings,
+            list(findings["finding_categories"]),
+            {c: findings[c].to_numpy(float) for c in BOX_COLUMNS},
+        )
+    )
+    theirs_key = _occurrence_keys(_box_key(release, categories, boxes))
+    position = pd.Series(np.arange(len(release)), index=theirs_key.to_numpy())
+    unmatched_ours = ~isin(ours_key, set(theirs_key))
+    unmatched_theirs = ~isin(theirs_key, set(ours_key))
+    if unmatched_ours.any() or unmatched_theirs.any():
+        parts = []
+        if unmatched_ours.any():
+            parts.append(
+                f"{location(findings, findings.index[unmatched_ours])}: {int(unmatched_ours.sum())} finding "
+                f"row(s) without a row of the same image, categories and box in {theirs} (first: "
+                f"{ours_key[unmatched_ours].iloc[0].rsplit('#', 1)[0]})"
+            )
+        if unmatched_theirs.any():
+            parts.append(
+                f"{location(release, release.index[unmatched_theirs])}: {int(unmatched_theirs.sum())} row(s) "
+                f"not in {source} (first: {theirs_key[unmatched_theirs].iloc[0].rsplit('#', 1)[0]})"
+            )
+        raise AnnotationError("upstream's box table does not match the annotations:\n  " + "\n  ".join(parts))
+    matched = position.loc[ours_key.to_numpy()].to_numpy()
+    resized = [boxes[c][matched] for c in RESIZED_COLUMNS]
+
+    joined = join_manifest(
+        findings.assign(**dict(zip(RESIZED_COLUMNS, resized, strict=True))),
+        manifest, columns=("png_width", "png_height"), missing=missing, what="finding rows",
+    )  # fmt: skip
+    pw, ph = _float(joined["png_width"]), _float(joined["png_height"])
+    wrong = (pw != RELEASE_PNG_SIZE[0]) | (ph != RELEASE_PNG_SIZE[1])
+    raise_at(
+        joined, wrong, "image_id",
+        f"the PNG is {int(pw[wrong][0]) if wrong.any() else 0} x {int(ph[wrong][0]) if wrong.any() else 0} "
+        f"(width x height) in the manifest, but upstream's boxes are in the {RELEASE_PNG_SIZE[0]} x "
+        f"{RELEASE_PNG_SIZE[1]} frame of the authors' PNG release",
+    )  # fmt: skip
+    has_box = joined["xmin"].notna().to_numpy()
+    raw = [joined[c].to_numpy(dtype=float) for c in RESIZED_COLUMNS]
+    lacking = has_box & np.isnan(raw).any(axis=0)
+    raise_at(joined, lacking, "image_id", f"finding row without a resized box in {theirs}")
+    truncated = has_box & (
+        joined["ymax"].to_numpy(dtype=float) - _BORDER > joined["width"].to_numpy(dtype=float) - 2 * _BORDER
+    )
+    if truncated.any():
+        log.warning(
+            "%s: %d box(es) have the ymax that upstream truncated (border clamp against the image width); "
+            "their resized_ymax is too small and cannot be recovered from the PNG release (e.g. %s)",
+            theirs,
+            int(truncated.sum()),
+            _examples(joined, truncated),
+        )
     out = joined[list(findings.columns)].copy()
-    for column, value in zip(RESIZED_COLUMNS, mapped, strict=True):
-        out[column] = np.where(keep, value, np.nan)
-    out.attrs = dict(findings.attrs)
+    if legacy:
+        for column, value in zip(RESIZED_COLUMNS, raw, strict=True):
+            out[column] = value
+    else:
+        mapped, empty = _clip_to_png(joined, raw, has_box, pw, ph, what="PNG")
+        for column, value in zip(RESIZED_COLUMNS, mapped, strict=True):
+            out[column] = np.where(has_box & ~empty, value, np.nan)
+    log.info("%s: %d finding rows matched; resized boxes taken from it", theirs, len(release))
+    out.attrs = {**findings.attrs, "box_source": theirs, "truncated_ymax": int(truncated.sum())}
     return out
 
 
