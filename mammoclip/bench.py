@@ -1,8 +1,9 @@
 """Benchmark of the DICOM -> PNG stage against plain decoding and the upstream reference.
 
 :func:`benchmark_preprocessing` writes VinDr-like phantom DICOMs (:mod:`mammoclip.phantoms`, at the real
-VinDr image sizes for ``scale=1.0``) in each requested transfer syntax and measures, on one thread
-(OpenCV's pool set to 1 thread):
+VinDr image sizes for ``scale=1.0``) in each requested transfer syntax (by default
+:data:`DEFAULT_SYNTAXES`: RSNA's two, JPEG 2000 lossless and JPEG Lossless SV1, and uncompressed; one
+table row per syntax and method) and measures, on one thread (OpenCV's pool set to 1 thread):
 
 * ``decode``: dicomsdl ``open`` + ``pixelData(storedvalue=True)``, the floor for any converter;
 * ``ours (default)`` / ``ours (legacy)``: :func:`mammoclip.preprocess.convert_dicom_to_png` end to end
@@ -31,6 +32,7 @@ from mammoclip.preprocess import convert_dicom_to_png, convert_shard
 from mammoclip.upstream_reference import convert_like_upstream
 
 __all__ = [
+    "DEFAULT_SYNTAXES",
     "benchmark_preprocessing",
     "benchmark_processes",
     "format_benchmark",
@@ -38,6 +40,8 @@ __all__ = [
 ]
 
 METHODS = ("decode", "ours (default)", "ours (legacy)", "upstream reference")
+#: transfer syntaxes (:data:`mammoclip.phantoms.dicom_writer.TRANSFER_SYNTAXES` names) timed by default
+DEFAULT_SYNTAXES = ("jpeg2000", "jpeg_lossless", "uncompressed")
 
 
 def write_benchmark_dicoms(
@@ -45,7 +49,7 @@ def write_benchmark_dicoms(
     *,
     n_images: int,
     scale: float = 1.0,
-    transfer_syntaxes: Sequence[str] = ("jpeg2000", "uncompressed"),
+    transfer_syntaxes: Sequence[str] = DEFAULT_SYNTAXES,
     seed: int = 0,
 ) -> dict[str, list[Path]]:
     """Write ``n_images`` VinDr-like phantom DICOMs per transfer syntax; returns their paths by syntax.
@@ -106,7 +110,7 @@ def benchmark_preprocessing(
     *,
     n_images: int = 4,
     scale: float = 1.0,
-    transfer_syntaxes: Sequence[str] = ("jpeg2000", "uncompressed"),
+    transfer_syntaxes: Sequence[str] = DEFAULT_SYNTAXES,
     width: int = 912,
     height: int = 1520,
     seed: int = 0,
@@ -159,7 +163,7 @@ def benchmark_processes(
     *,
     n_images: int = 8,
     scale: float = 1.0,
-    transfer_syntaxes: Sequence[str] = ("jpeg2000", "uncompressed"),
+    transfer_syntaxes: Sequence[str] = DEFAULT_SYNTAXES,
     processes: Sequence[int] = (1, 2),
     seed: int = 0,
 ) -> pd.DataFrame:

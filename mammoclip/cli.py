@@ -247,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument(
         "--syntax",
         action="append",
-        choices=["uncompressed", "jpeg2000", "jpegls"],
-        help="transfer syntax to test; repeat for several (default: jpeg2000 and uncompressed)",
+        choices=["uncompressed", "jpeg2000", "jpegls", "jpeg_lossless"],
+        help="transfer syntax to test (one table row each); repeat for several (default: jpeg2000, "
+        "jpeg_lossless and uncompressed)",
     )
     pre.add_argument("--width", type=int, default=912)
     pre.add_argument("--height", type=int, default=1520)
@@ -327,7 +328,9 @@ def _run(args: argparse.Namespace) -> int:
         print(code_version())
         return 0
     if getattr(args, "syntax", "unset") is None:
-        args.syntax = ["jpeg2000", "uncompressed"]
+        from mammoclip.bench import DEFAULT_SYNTAXES
+
+        args.syntax = list(DEFAULT_SYNTAXES)
     if getattr(args, "precision", "unset") is None:
         args.precision = ["fp32"]
     return int(args.func(args))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from synthetic import synthetic_mammogram
 
-from mammoclip.bench import benchmark_preprocessing, format_benchmark
+from mammoclip.bench import METHODS, benchmark_preprocessing, format_benchmark
 
 
 def test_synthetic_mammogram_layout():
@@ -28,7 +28,13 @@ def test_benchmark_table(tmp_path):
         "overhead_vs_decode",
         "speedup_vs_reference",
     ]
-    assert len(table) == 8 and set(table["syntax"]) == {"jpeg2000", "uncompressed"}
+    # one row per (syntax, method); by default RSNA's two syntaxes and uncompressed
+    assert len(table) == 12 and list(table["syntax"].drop_duplicates()) == [
+        "jpeg2000",
+        "jpeg_lossless",
+        "uncompressed",
+    ]
+    assert all(tuple(methods) == METHODS for _, methods in table.groupby("syntax")["method"])
     assert (table["seconds_per_image"] > 0).all()
     assert np.allclose(table["images_per_s"] * table["seconds_per_image"], 1.0)
     decode = table[table["method"] == "decode"]

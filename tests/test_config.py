@@ -23,7 +23,7 @@ def test_empty_config_gets_every_default(schema):
     assert config["datasets"]["vindr"]["dicom_template"] == "images/{study_id}/{image_id}.dicom"
     assert config["datasets"]["rsna"]["metadata_csv"] == "train.csv"
     assert config["datasets"]["inhouse"]["root"] is None
-    assert config["phantoms"]["transfer_syntaxes"] == ["uncompressed", "jpeg2000", "jpegls"]
+    assert config["phantoms"]["transfer_syntaxes"] == ["uncompressed", "jpeg2000", "jpegls", "jpeg_lossless"]
 
 
 def test_demo_config_overrides_only_what_it_names(schema):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import apply_modality_lut
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, RLELossless
+from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, JPEGLosslessSV1, RLELossless
 from synthetic import synthetic_mammogram
 
 from mammoclip.dicom import (
@@ -26,6 +27,7 @@ from mammoclip.dicom import (
     read_dicom,
     read_header,
 )
+from mammoclip.phantoms.dicom_writer import TRANSFER_SYNTAXES, write_mammogram_dicom
 
 IMG = synthetic_mammogram(120, 90, seed=3)  # 12-bit stored values
 
@@ -42,10 +44,12 @@ def _resave(src, dst, *, implicit=False, big_endian=False):
 
 
 @pytest.mark.parametrize("bits", [12, 14, 16])
-@pytest.mark.parametrize("syntax", ["uncompressed", "jpeg2000", "jpegls", "implicit", "big_endian"])
+@pytest.mark.parametrize(
+    "syntax", ["uncompressed", "jpeg2000", "jpegls", "jpeg_lossless", "implicit", "big_endian"]
+)
 def test_every_encoding_decodes_to_the_stored_values(write_dcm, tmp_path, syntax, bits):
     stored = (IMG.astype(np.int64) * (2**bits - 1) // 4095).astype(np.uint16)
-    writer_ts = syntax if syntax in ("uncompressed", "jpeg2000", "jpegls") else "uncompressed"
+    writer_ts = syntax if syntax in TRANSFER_SYNTAXES else "uncompressed"
     path = write_dcm(stored, bits_stored=bits, transfer_syntax=writer_ts)
     if syntax in ("implicit", "big_endian"):
         path = _resave(
@@ -58,6 +62,54 @@ def test_every_encoding_decodes_to_the_stored_values(write_dcm, tmp_path, syntax
     assert exact.pixels.dtype == np.uint16 and np.array_equal(exact.pixels, stored)
     upstream = read_dicom(path, modality_lut=False)
     assert upstream.pixels.dtype == np.float32 and np.array_equal(upstream.pixels, stored.astype(np.float32))
+
+
+def _jpeg_segments(codestream: bytes) -> dict[int, bytes]:
+    """Marker -> payload of the marker segments before the first SOS (inclusive) of a JPEG codestream."""
+    assert codestream[:2] == b"\xff\xd8"
+    segments, pos = {}, 2
+    while True:
+        marker, (length,) = codestream[pos + 1], struct.unpack(">H", codestream[pos + 2 : pos + 4])
+        segments[marker] = codestream[pos + 4 : pos + 2 + length]
+        if marker == 0xDA:
+            return segments
+        pos += 2 + length
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+@pytest.mark.parametrize("bits", [12, 14, 16])
+def test_jpeg_lossless_sv1_round_trip(write_dcm, tmp_path, bits, photometric):
+    """RSNA's second syntax: the writer makes a standard Process 14 SV1 stream that dicomsdl (our reader)
+    and pydicom + pylibjpeg-libjpeg (an independent decoder) both decode to exactly the stored values."""
+    rng = np.random.default_rng(bits)
+    stored = (IMG.astype(np.int64) * (2**bits - 1) // 4095).astype(np.uint16)
+    stored[:8] = rng.integers(0, 2**bits, (8, stored.shape[1]))  # noise: large prediction residuals
+    stored[0, :2] = (0, 2**bits - 1)  # both ends of the range
+    if photometric == "MONOCHROME1":
+        stored = (2**bits - 1 - stored).astype(np.uint16)
+    kwargs = {"photometric": photometric, "bits_stored": bits, "transfer_syntax": "jpeg_lossless"}
+    path = write_dcm(stored, **kwargs)
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70" == JPEGLosslessSV1
+    assert ds["PixelData"].VR == "OB" and ds["PixelData"].is_undefined_length
+    (frame,) = list(generate_frames(ds.PixelData, number_of_frames=1))
+    segments = _jpeg_segments(frame)
+    sof3 = segments[0xC3]  # lossless, Huffman; no other SOF
+    assert not {0xC0, 0xC1, 0xC2, 0xC7, 0xF7} & set(segments)
+    assert (sof3[0], *struct.unpack(">HH", sof3[1:5]), sof3[5]) == (bits, 120, 90, 1)  # P, Y, X, Nf
+    assert segments[0xDA][-3:] == bytes([1, 0, 0])  # Ss = predictor 1, Se = 0, Ah/Al = 0 (no point transform)
+    assert frame.rstrip(b"\0").endswith(b"\xff\xd9")
+
+    header = read_header(path)
+    assert header.transfer_syntax == JPEGLosslessSV1
+    assert (header.photometric, header.bits_stored) == (photometric, bits)
+    exact = read_dicom(path, modality_lut=True)
+    assert exact.pixels.dtype == np.uint16 and np.array_equal(exact.pixels, stored)
+    assert np.array_equal(read_dicom(path, modality_lut=False).pixels, stored.astype(np.float32))
+    assert np.array_equal(ds.pixel_array, stored)  # pydicom's decoder agrees
+    # deterministic: the same arguments give the same bytes
+    again = write_mammogram_dicom(tmp_path / "again" / path.name, stored, **kwargs)
+    assert again.read_bytes() == path.read_bytes()
 
 
 def test_legacy_read_is_dicomsdl_pixeldata(write_dcm):
@@ -105,6 +157,7 @@ def _bad_files(tmp_path, write_dcm) -> dict[str, tuple[str, str]]:
     unc = write_dcm(IMG, bits_stored=12)
     j2k = write_dcm(IMG, bits_stored=12, transfer_syntax="jpeg2000")
     jls = write_dcm(IMG, bits_stored=12, transfer_syntax="jpegls")
+    ljpeg = write_dcm(IMG, bits_stored=12, transfer_syntax="jpeg_lossless")
     unc_bytes, j2k_bytes = unc.read_bytes(), j2k.read_bytes()
 
     def put(name, data, reason):
@@ -120,6 +173,7 @@ def _bad_files(tmp_path, write_dcm) -> dict[str, tuple[str, str]]:
     put("cut_j2k.dcm", j2k_bytes[: len(j2k_bytes) // 2], "truncated")
     put("cut_j2k_delimiter.dcm", j2k_bytes[:-8], "truncated")
     put("cut_jpegls.dcm", jls.read_bytes()[:-500], "truncated")
+    put("cut_jpeg_lossless.dcm", ljpeg.read_bytes()[:-500], "truncated")
     put("text.dcm", b"this is not a DICOM file\n" * 40, "not_dicom")
     put("empty.dcm", b"", "not_dicom")  # dicomsdl: double free
     files["missing.dcm"] = (str(d / "missing.dcm"), "missing_file")
@@ -145,6 +199,9 @@ def _bad_files(tmp_path, write_dcm) -> dict[str, tuple[str, str]]:
     ds = pydicom.dcmread(jls)
     ds.Columns = ds.Columns - 10
     put_ds("jls_columns_mismatch.dcm", ds, "decode_error")
+    ds = pydicom.dcmread(ljpeg)
+    ds.Rows = ds.Rows - 20
+    put_ds("jpeg_lossless_rows_mismatch.dcm", ds, "decode_error")
     ds = pydicom.dcmread(j2k)
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     put_ds("j2k_precision_over_bits_allocated.dcm", ds, "decode_error")

@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from scipy import ndimage
 
+from mammoclip.config import load_config, load_schema
 from mammoclip.phantoms import (
     INHOUSE_COLUMNS,
     RSNA_COLUMNS,
@@ -33,7 +34,8 @@ from mammoclip.phantoms.anatomy import (
     render_breast_image,
 )
 from mammoclip.phantoms.dicom_writer import TRANSFER_SYNTAXES
-from mammoclip.phantoms.generate import RSNA_MACHINE_SIZES, VINDR_SIZES
+from mammoclip.phantoms.generate import DEFAULT_TRANSFER_SYNTAXES, RSNA_MACHINE_SIZES, VINDR_SIZES
+from mammoclip.pipeline import generate_phantom_dataset
 
 SCALE = 0.1
 VINDR_SEED = 3  # this seed's 10 studies hold every finding type, incl. a combined calcification + mass
@@ -323,12 +325,44 @@ def test_every_encoding_combination_present(vindr: Path) -> None:
     combos = set(zip(truth.photometric, truth.bits_stored, truth.transfer_syntax, strict=True))
     assert combos == set(
         itertools.product(
-            ("MONOCHROME1", "MONOCHROME2"), (12, 14, 16), ("uncompressed", "jpeg2000", "jpegls")
+            ("MONOCHROME1", "MONOCHROME2"),
+            (12, 14, 16),
+            ("uncompressed", "jpeg2000", "jpegls", "jpeg_lossless"),
         )
     )
     assert (truth.rescale_slope == 1.0).all()
     nonzero = (truth.rescale_intercept != 0).sum()
     assert 1 <= nonzero <= len(truth) // 2
+
+
+def test_rsna_phantom_from_config_defaults_has_both_real_rsna_syntaxes(tmp_path: Path) -> None:
+    """RSNA's real files are JPEG 2000 lossless (.4.90) and JPEG Lossless SV1 (.4.70); the demo's phantom
+    (config defaults, generated the way the phantom rule does) holds both, decoded exactly by dicomsdl."""
+    config = load_config({"phantoms": {"image_scale": 0.05, "rsna": {"n_patients": 6}}}, load_schema())
+    assert config["phantoms"]["transfer_syntaxes"] == list(DEFAULT_TRANSFER_SYNTAXES)
+    assert config["phantoms"]["transfer_syntaxes"] == ["uncompressed", "jpeg2000", "jpegls", "jpeg_lossless"]
+    truth = generate_phantom_dataset(
+        "rsna",
+        tmp_path,
+        size=config["phantoms"]["rsna"]["n_patients"],
+        image_scale=config["phantoms"]["image_scale"],
+        seed=config["seed"],
+        transfer_syntaxes=config["phantoms"]["transfer_syntaxes"],
+    )
+    # 6 patients: 24 CC/MLO images + 1 extra view; the first 24 are one permutation of the 24 combinations
+    assert len(truth) == 25
+    counts = truth["transfer_syntax"].value_counts()
+    assert set(counts.index) == {"uncompressed", "jpeg2000", "jpegls", "jpeg_lossless"}
+    assert sorted(counts) == [6, 6, 6, 7]
+    uids = {}
+    for _, r in truth.iterrows():
+        ds = pydicom.dcmread(tmp_path / r.dicom_path)
+        uids.setdefault(r.transfer_syntax, set()).add(str(ds.file_meta.TransferSyntaxUID))
+        decoded = dicomsdl.open(str(tmp_path / r.dicom_path)).pixelData(storedvalue=True)
+        assert np.array_equal(decoded, ds.pixel_array)  # dicomsdl == pydicom (+ pylibjpeg-libjpeg)
+        assert _display(decoded, r).max() == r.stored_hi and r.transfer_syntax_uid in uids[r.transfer_syntax]
+    assert uids["jpeg2000"] == {"1.2.840.10008.1.2.4.90"}
+    assert uids["jpeg_lossless"] == {"1.2.840.10008.1.2.4.70"}
 
 
 def test_transfer_syntax_argument_and_validation(tmp_path: Path) -> None:

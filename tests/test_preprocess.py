@@ -101,7 +101,7 @@ def test_to_uint8_lookup_table_equals_elementwise():
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("syntax", ["uncompressed", "jpeg2000", "jpegls"])
+@pytest.mark.parametrize("syntax", ["uncompressed", "jpeg2000", "jpegls", "jpeg_lossless"])
 @pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
 @pytest.mark.parametrize("bits", [12, 14, 16])
 def test_legacy_equals_reference_on_phantoms(write_dcm, convert, syntax, photometric, bits):
@@ -203,6 +203,30 @@ def test_mono1_of_inverted_data_equals_mono2(write_dcm, convert):
         (row2, png2), (row1, png1) = convert(mono2, legacy=legacy), convert(mono1, legacy=legacy)
         assert np.array_equal(png1, png2) and _crop(row1) == _crop(row2)
     assert np.array_equal(png2, _ref(mono1))
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+@pytest.mark.parametrize("bits", [12, 14, 16])
+def test_jpeg_lossless_sv1_converts_like_uncompressed(write_dcm, convert, bits, photometric):
+    """RSNA's JPEG Lossless SV1 files give the same PNG and manifest as the same pixels uncompressed."""
+    img = synthetic_mammogram(210, 160, side="right", bits_stored=bits, seed=bits + 1)
+    stored = (2**bits - 1) - img if photometric == "MONOCHROME1" else img
+    kwargs = {"photometric": photometric, "bits_stored": bits, "rescale_intercept": -100.0}
+    uncompressed = write_dcm(stored, transfer_syntax="uncompressed", **kwargs)
+    sv1 = write_dcm(stored, transfer_syntax="jpeg_lossless", **kwargs)
+    for legacy in (True, False):
+        (row_u, png_u), (row_j, png_j) = convert(uncompressed, legacy=legacy), convert(sv1, legacy=legacy)
+        assert row_j["status"] == "ok" and png_j.shape == (H, W)
+        assert np.array_equal(png_j, png_u)
+        assert (row_u["transfer_syntax"], row_j["transfer_syntax"]) == (
+            "1.2.840.10008.1.2.1",
+            "1.2.840.10008.1.2.4.70",
+        )
+        different = {"source_path", "png_path", "transfer_syntax"}
+        assert {k: v for k, v in row_j.items() if k not in different} == {
+            k: v for k, v in row_u.items() if k not in different
+        }
+    assert np.array_equal(png_j, _default_like(uncompressed))
 
 
 def test_left_and_right_breasts_are_mirror_images(write_dcm, convert):

@@ -1,8 +1,23 @@
 """Write single-frame mammography DICOM files with a chosen pixel encoding.
 
 Used by the phantom generator and by tests to produce files in every encoding the real datasets use
-(uncompressed, JPEG 2000 lossless, JPEG-LS lossless), every bit depth (12, 14, 16 bits stored) and both
-photometric interpretations.
+(uncompressed, JPEG 2000 lossless, JPEG-LS lossless, JPEG Lossless SV1), every bit depth (12, 14, 16 bits
+stored) and both photometric interpretations.
+
+Transfer syntax names (:data:`TRANSFER_SYNTAXES`):
+
+* ``uncompressed``: Explicit VR Little Endian (1.2.840.10008.1.2.1), native Pixel Data.
+* ``jpeg2000``: JPEG 2000 Lossless (1.2.840.10008.1.2.4.90), encoded by pydicom with pylibjpeg-openjpeg.
+* ``jpegls``: JPEG-LS Lossless (1.2.840.10008.1.2.4.80), encoded by pydicom with pyjpegls.
+* ``jpeg_lossless``: JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14, Selection Value
+  1; 1.2.840.10008.1.2.4.70), the syntax of part of RSNA's files. pydicom has no encoder for it, so the
+  frame is encoded with ``imagecodecs.jpeg8_encode(lossless=True, predictor=1)`` (libjpeg-turbo: SOF3,
+  predictor 1, no point transform, precision = BitsStored) and encapsulated with
+  :func:`pydicom.encaps.encapsulate` (a Basic Offset Table holding offset 0, one fragment), as
+  ``Dataset.compress`` does for the other syntaxes. (``imagecodecs.ljpeg_encode`` is not used: it writes
+  predictor 6, which is only valid under 1.2.840.10008.1.2.4.57.)
+
+Every syntax is lossless and the bytes written depend only on the arguments.
 """
 
 from __future__ import annotations
@@ -11,23 +26,28 @@ import datetime as _dt
 from pathlib import Path
 from typing import Literal
 
+import imagecodecs
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     generate_uid,
 )
+from pydicom.valuerep import VR
 
-TransferSyntaxName = Literal["uncompressed", "jpeg2000", "jpegls"]
+TransferSyntaxName = Literal["uncompressed", "jpeg2000", "jpegls", "jpeg_lossless"]
 
 TRANSFER_SYNTAXES: dict[str, UID] = {
     "uncompressed": ExplicitVRLittleEndian,
     "jpeg2000": JPEG2000Lossless,
     "jpegls": JPEGLSLossless,
+    "jpeg_lossless": JPEGLosslessSV1,
 }
 # Digital Mammography X-Ray Image Storage - For Presentation
 MAMMOGRAPHY_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.1.2")
@@ -37,6 +57,17 @@ _ENCODING_PLUGIN = {"jpeg2000": "pylibjpeg", "jpegls": "pyjpegls"}
 def deterministic_uid(*parts: object) -> UID:
     """A valid DICOM UID derived only from ``parts`` (same inputs, same UID)."""
     return generate_uid(entropy_srcs=[str(p) for p in parts])
+
+
+def encode_jpeg_lossless_sv1(pixels: np.ndarray, bits_stored: int) -> bytes:
+    """One greyscale frame as a JPEG Lossless Process 14 SV1 codestream (SOF3, predictor 1, Pt 0).
+
+    ``pixels`` are unsigned stored values below ``2**bits_stored`` (2 <= bits_stored <= 16).
+    """
+    if not 2 <= bits_stored <= 16:  # JPEG lossless sample precision (ITU T.81 B.2.2)
+        raise ValueError(f"JPEG Lossless needs 2..16 bits stored, got {bits_stored}")
+    data = np.ascontiguousarray(pixels, dtype=np.uint16 if bits_stored > 8 else np.uint8)
+    return bytes(imagecodecs.jpeg8_encode(data, lossless=True, predictor=1, bitspersample=bits_stored))
 
 
 def write_mammogram_dicom(
@@ -117,6 +148,11 @@ def write_mammogram_dicom(
     if transfer_syntax == "uncompressed":
         ds.PixelData = pixels.tobytes()
         ds["PixelData"].VR = "OW"
+    elif transfer_syntax == "jpeg_lossless":
+        ds.PixelData = encapsulate([encode_jpeg_lossless_sv1(pixels, bits_stored)])
+        ds["PixelData"].VR = VR.OB  # PS3.5 A.4: encapsulated, undefined length, OB
+        ds["PixelData"].is_undefined_length = True
+        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
     else:
         ds.compress(
             TRANSFER_SYNTAXES[transfer_syntax],

@@ -5,7 +5,7 @@ two truth tables in ``out_dir``:
 
 * ``phantom_truth.csv`` - one row per image (returned as a DataFrame): ``dataset, image_id, patient_id,
   [study_id,] laterality, view, dicom_path`` (relative to ``out_dir``, POSIX), ``height, width`` (= DICOM
-  Rows/Columns), ``photometric, bits_stored, transfer_syntax`` (uncompressed/jpeg2000/jpegls),
+  Rows/Columns), ``photometric, bits_stored, transfer_syntax`` (uncompressed/jpeg2000/jpegls/jpeg_lossless),
   ``transfer_syntax_uid, rescale_slope, rescale_intercept``, ``stored_lo, stored_hi`` (stored values of
   display intensity 0 and 1 in the MONOCHROME2 sense; a MONOCHROME1 file holds ``2**bits_stored - 1 - v``),
   ``density`` (A-D as drawn; the dataset CSV may leave it empty), ``has_mass, has_calcification`` (0/1),
@@ -43,8 +43,11 @@ byte-identical CSVs and identical pixel arrays.
 
 Photometric interpretation (MONOCHROME1/2), BitsStored (12/14/16) and transfer syntax are assigned per
 image by cycling through seeded permutations of all their combinations, so any dataset with at least
-``2 * 3 * len(transfer_syntaxes)`` images contains every combination. One image in four (in seeded
-blocks) has a nonzero RescaleIntercept; RescaleSlope is always 1.
+``2 * 3 * len(transfer_syntaxes)`` images contains every combination. The default syntaxes
+(:data:`DEFAULT_TRANSFER_SYNTAXES`, the same list as the config default ``phantoms.transfer_syntaxes``)
+are all four writer syntaxes, among them both of RSNA's real ones (JPEG 2000 lossless and JPEG Lossless
+SV1), so a dataset of at least 24 images holds each of them. One image in four (in seeded blocks) has a
+nonzero RescaleIntercept; RescaleSlope is always 1.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ from .anatomy import (
 from .dicom_writer import TRANSFER_SYNTAXES, deterministic_uid, write_mammogram_dicom
 from .reports import make_report
 
-DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = ("uncompressed", "jpeg2000", "jpegls")
+DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = ("uncompressed", "jpeg2000", "jpegls", "jpeg_lossless")
 PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 BITS_STORED = (12, 14, 16)
 DENSITIES = ("A", "B", "C", "D")
