@@ -289,30 +289,30 @@ def benchmark_inference(
 # DAG construction
 
 
-#: rows of the real metadata files (upstream-mammoclip.md section 12); the in-house count is a guess
+#: rows of the real metadata files (upstream-mammoclip.md section 12), as
+#: :mod:`mammoclip.phantoms.realscale` writes them; the in-house count is a guess
 PAPER_METADATA_ROWS = {"vindr": 20_000, "vindr_findings": 20_486, "rsna": 54_706, "inhouse": 50_000}
 
 
-def write_paper_like_roots(root: str | Path) -> dict[str, str]:
-    """Dataset roots whose metadata CSVs have the real datasets' row counts (no images: a dry run reads
-    only the metadata); returns ``{dataset: root}``."""
+def write_paper_like_roots(root: str | Path, *, manifest_dir: str | Path | None = None) -> dict[str, str]:
+    """Dataset roots holding the real datasets' metadata files, without images (a dry run reads only the
+    metadata); returns ``{dataset: root}``.
+
+    VinDr's two annotation CSVs and RSNA's ``train.csv`` are the real-scale rehearsal of
+    :func:`mammoclip.phantoms.realscale.write_rehearsal` (real row counts, columns and quirks); the
+    in-house ``reports.csv`` is a one-column file of :data:`PAPER_METADATA_ROWS` rows. With
+    ``manifest_dir`` the VinDr and RSNA preprocessing manifests are written there as well
+    (``{manifest_dir}/{dataset}/manifest.csv``).
+    """
+    from mammoclip.phantoms.realscale import write_rehearsal
+
     root = Path(root)
-    files = {
-        "vindr": [
-            ("breast-level_annotations.csv", PAPER_METADATA_ROWS["vindr"]),
-            ("finding_annotations.csv", PAPER_METADATA_ROWS["vindr_findings"]),
-        ],
-        "rsna": [("train.csv", PAPER_METADATA_ROWS["rsna"])],
-        "inhouse": [("reports.csv", PAPER_METADATA_ROWS["inhouse"])],
-    }
-    roots = {}
-    for dataset, entries in files.items():
-        folder = root / dataset
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, rows in entries:
-            (folder / name).write_text("image_id\n" + "".join(f"{i}\n" for i in range(rows)))
-        roots[dataset] = str(folder)
-    return roots
+    files = write_rehearsal(root, manifest_dir=manifest_dir)
+    inhouse = root / "inhouse"
+    inhouse.mkdir(parents=True, exist_ok=True)
+    rows = PAPER_METADATA_ROWS["inhouse"]
+    (inhouse / "reports.csv").write_text("image_id\n" + "".join(f"{i}\n" for i in range(rows)))
+    return {"vindr": str(files["vindr"]), "rsna": str(files["rsna"]), "inhouse": str(inhouse)}
 
 
 def benchmark_dag(
@@ -373,3 +373,138 @@ def benchmark_dag(
         "max_s": max(times),
         "repeats": repeats,
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Annotation stage at real scale
+
+
+def benchmark_annotations(
+    work_dir: str | os.PathLike,
+    *,
+    repeats: int = 3,
+    seed: int = 0,
+    vindr_folds: int = 5,
+    rsna_folds: int = 4,
+    fold_seed: int = 42,
+) -> pd.DataFrame:
+    """Seconds per step of the annotation stage on the real-scale rehearsal files (median of ``repeats``).
+
+    Writes :func:`mammoclip.phantoms.realscale.write_rehearsal`'s files (VinDr: 20 000 + 20 486 rows;
+    RSNA: 54 706 rows; their preprocessing manifests) under ``work_dir`` and times, one step at a time on
+    the previous step's output: VinDr's read + validation, the manifest read, the box mapping, the row /
+    image / image-label tables, then the whole :func:`mammoclip.pipeline.prepare_vindr_tables`; RSNA's
+    read + validation, the manifest read, the folds, the manifest join, then the whole
+    :func:`mammoclip.pipeline.prepare_rsna_folds`. Log records below ERROR are muted while timing.
+    Columns: ``dataset, step, rows_in, output`` (what the step returned), ``median_s, min_s, rows_per_s``.
+    """
+    import logging
+    import statistics
+    from typing import TypeVar
+
+    from mammoclip.annotations.rsna import join_rsna_manifest, make_rsna_folds, read_rsna_train
+    from mammoclip.annotations.vindr import (
+        map_boxes_to_png,
+        read_vindr_annotations,
+        vindr_image_label_table,
+        vindr_image_table,
+        vindr_row_table,
+    )
+    from mammoclip.phantoms.realscale import write_rehearsal
+    from mammoclip.pipeline import prepare_rsna_folds, prepare_vindr_tables
+    from mammoclip.preprocess import read_manifest
+
+    T = TypeVar("T")
+    work_dir = Path(work_dir)
+    files = write_rehearsal(work_dir / "data", manifest_dir=work_dir / "manifests", seed=seed)
+    rows: list[dict] = []
+
+    def timed(dataset: str, step: str, rows_in: int, fn: Callable[[], T], describe: Callable[[T], str]) -> T:
+        times = []
+        for _ in range(max(int(repeats), 1)):
+            start = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        rows.append(
+            {
+                "dataset": dataset,
+                "step": step,
+                "rows_in": rows_in,
+                "output": describe(out),
+                "median_s": median,
+                "min_s": min(times),
+                "rows_per_s": rows_in / median,
+            }
+        )
+        return out
+
+    def n_rows(what: str) -> Callable[[pd.DataFrame], str]:
+        return lambda frame: f"{len(frame)} {what}"
+
+    def sizes(tables: dict[str, pd.DataFrame]) -> str:
+        return ", ".join(f"{len(table)} {name}" for name, table in tables.items())
+
+    logger = logging.getLogger("mammoclip")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        breast_csv, findings_csv, vindr_manifest = (
+            files["vindr_breast"], files["vindr_findings"], files["vindr_manifest"]
+        )  # fmt: skip
+        n_images, n_findings = PAPER_METADATA_ROWS["vindr"], PAPER_METADATA_ROWS["vindr_findings"]
+        breast, findings = timed(
+            "vindr", "read + validate CSVs", n_images + n_findings,
+            lambda: read_vindr_annotations(breast_csv, findings_csv),
+            lambda out: f"{len(out[0])} images, {len(out[1])} finding rows",
+        )  # fmt: skip
+        manifest = timed(
+            "vindr", "read manifest", n_images, lambda: read_manifest(vindr_manifest), n_rows("images")
+        )
+        mapped = timed(
+            "vindr", "map boxes to PNG", n_findings, lambda: map_boxes_to_png(findings, manifest),
+            n_rows("finding rows"),
+        )  # fmt: skip
+
+        def vindr_tables() -> dict[str, pd.DataFrame]:
+            row_table = vindr_row_table(breast, mapped, manifest, n_folds=vindr_folds, seed=fold_seed)
+            images, boxes = vindr_image_table(breast, mapped, manifest, n_folds=vindr_folds, seed=fold_seed)
+            labels = vindr_image_label_table(images)
+            return {"rows": row_table, "images": images, "boxes": boxes, "image_labels": labels}
+
+        timed("vindr", "row/image/label tables", len(mapped), vindr_tables, sizes)
+        timed(
+            "vindr", "all: prepare_vindr_tables", n_images + n_findings,
+            lambda: prepare_vindr_tables(
+                breast_csv, findings_csv, vindr_manifest, n_folds=vindr_folds, seed=fold_seed
+            ),
+            sizes,
+        )  # fmt: skip
+
+        n_train = PAPER_METADATA_ROWS["rsna"]
+        train_csv, rsna_manifest = files["rsna_train"], files["rsna_manifest"]
+        train = timed(
+            "rsna", "read + validate train.csv", n_train, lambda: read_rsna_train(train_csv), n_rows("images")
+        )
+        png_manifest = timed(
+            "rsna", "read manifest", n_train, lambda: read_manifest(rsna_manifest), n_rows("images")
+        )
+        folds = timed(
+            "rsna", "folds (StratifiedGroupKFold)", n_train,
+            lambda: make_rsna_folds(train, n_folds=rsna_folds, seed=fold_seed), n_rows("images"),
+        )  # fmt: skip
+        timed(
+            "rsna",
+            "manifest join",
+            n_train,
+            lambda: join_rsna_manifest(folds, png_manifest),
+            n_rows("images"),
+        )
+        timed(
+            "rsna", "all: prepare_rsna_folds", n_train,
+            lambda: prepare_rsna_folds(train_csv, rsna_manifest, n_folds=rsna_folds, seed=fold_seed),
+            n_rows("images"),
+        )  # fmt: skip
+    finally:
+        logger.setLevel(level)
+    return pd.DataFrame(rows)

@@ -6,6 +6,7 @@ Examples:
   mammoclip score model.tar results/preprocess/rsna/manifest.csv --prompts-file prompts.yaml -o scores.csv
   mammoclip version
   mammoclip bench preprocess --images 4 --scale 1.0
+  mammoclip bench annotations
   mammoclip check-config config/paper.yaml
 """
 
@@ -141,6 +142,19 @@ def _bench_dag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_annotations(args: argparse.Namespace) -> int:
+    from mammoclip.bench import benchmark_annotations, format_benchmark
+
+    with tempfile.TemporaryDirectory(prefix="mammoclip-annotations-") as tmp:
+        table = benchmark_annotations(
+            Path(args.work_dir) if args.work_dir else Path(tmp), repeats=args.repeats, seed=args.seed
+        )
+    print(format_benchmark(table))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    return 0
+
+
 def _check_config(args: argparse.Namespace) -> int:
     from mammoclip.config import ConfigError, fill_defaults, load_config, load_schema, read_yaml
 
@@ -270,6 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     dag.add_argument("configfile", nargs="?", default="config/paper.yaml", help="default: config/paper.yaml")
     dag.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (default 3)")
     dag.set_defaults(func=_bench_dag)
+    ann = bench_sub.add_parser(
+        "annotations",
+        help="seconds per step of the annotation stage on real-scale VinDr and RSNA metadata",
+        description="Writes the real-scale rehearsal files (VinDr's 20 000 + 20 486 annotation rows, RSNA's "
+        "54 706-row train.csv, their preprocessing manifests; no images) and times reading + validating, "
+        "box mapping and the tables for VinDr, and the folds for RSNA. Example: mammoclip bench annotations",
+    )
+    ann.add_argument("--repeats", type=int, default=3, help="timings per step; the median counts (default 3)")
+    ann.add_argument("--seed", type=int, default=0, help="seed of the generated files (default 0)")
+    ann.add_argument("--work-dir", help="keep the generated files here (default: a temporary folder)")
+    ann.add_argument("--csv", help="also write the table to this CSV")
+    ann.set_defaults(func=_bench_annotations)
     inf = bench_sub.add_parser(
         "inference",
         help="image-encoder throughput (images/s) and peak memory",

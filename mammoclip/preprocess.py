@@ -594,7 +594,8 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
         frame = pd.read_parquet(path)
     else:
         sep = "\t" if path.suffix == ".tsv" else ","
-        frame = pd.read_csv(path, sep=sep, dtype={c: str for c in ("image_id", "patient_id", *_STR_COLUMNS)})
+        ids = dict.fromkeys(("image_id", "patient_id", *_STR_COLUMNS, "crop_contiguous"), str)
+        frame = pd.read_csv(path, sep=sep, dtype=ids, low_memory=False)
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns and c not in _LATER_COLUMNS]
     if missing:
         raise ValueError(f"{path}: not a preprocessing manifest (missing columns {missing})")

@@ -1,7 +1,10 @@
-"""The paper configuration's whole DAG resolves (dry run, no job runs) with the expected jobs."""
+"""The paper configuration's whole DAG resolves (dry run, no job runs) with the expected jobs, on the
+real-scale rehearsal of the datasets' metadata files (:mod:`mammoclip.phantoms.realscale`)."""
 
 import sys
 from pathlib import Path
+
+import pandas as pd
 
 from mammoclip.bench import benchmark_dag
 
@@ -20,3 +23,7 @@ def test_paper_config_dag_has_every_run(tmp_path):
     # (paper: lp 1 + ft 0.1/0.5/1 = 4; clean: 4 folds x 4), each x 3 seeds = (72 + 20) x 3 = 276;
     # conversion 3 x 64 shards = 192; 19 others (joins, tables, pretraining, inference, zero-shot, all)
     assert result["jobs"] == 276 + 192 + 19
+    # the roots held the real files' layout, not only their row counts
+    findings = pd.read_csv(tmp_path / "data/vindr/finding_annotations.csv", dtype=str)
+    assert findings.shape == (20_486, 16) and findings["xmin"].notna().sum() == 2_254
+    assert pd.read_csv(tmp_path / "data/rsna/train.csv", dtype=str).shape == (54_706, 14)

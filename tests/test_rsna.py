@@ -18,6 +18,7 @@ from mammoclip.annotations.rsna import (
     read_rsna_folds,
     read_rsna_train,
     validate_fold_file,
+    validate_rsna_train,
 )
 from mammoclip.annotations.tables import AnnotationError, write_table
 from mammoclip.datasets import DatasetSpec, list_images, read_metadata
@@ -189,6 +190,65 @@ def test_fold_file_written_like_upstream_and_read_back(tmp_path):
     assert back.astype(str).equals(folds.astype(str))
     write_table(make_rsna_folds(train, n_folds=2, seed=0), tmp_path / "again.csv")
     assert (tmp_path / "again.csv").read_bytes() == (tmp_path / "train_folds.csv").read_bytes()
+
+
+# Rows with every field filled, then one patient per quirk of the real train.csv (54 706 rows: age empty on
+# 37, BIRADS on 28 420, density on 25 236; views besides CC/MLO: AT 19, LM 10, ML 8, LMO 1).
+FILLED_ROWS = """\
+1,20001,5001,L,CC,58.0,0,0,0,1.0,0,B,49,False
+1,20001,5002,L,MLO,58.0,0,0,0,1.0,0,B,49,False
+1,20001,5003,R,CC,58.0,0,0,0,2.0,0,B,49,False
+1,20001,5004,R,MLO,58.0,0,0,0,2.0,0,B,49,False
+2,20002,5005,L,CC,71.0,1,1,1,0.0,0,C,21,False
+2,20002,5006,L,MLO,71.0,1,1,1,0.0,0,C,21,False
+2,20002,5007,R,CC,71.0,0,0,0,1.0,1,C,21,False
+2,20002,5008,R,MLO,71.0,0,0,0,1.0,1,C,21,False
+"""
+#: quirk -> the cells of patient 20003 (two images) that differ from a fully filled row
+RSNA_QUIRKS = {
+    "age missing": {"age": ""},
+    "BIRADS missing": {"BIRADS": ""},
+    "density missing": {"density": ""},
+    "view AT": {"view": "AT"},
+    "view LM": {"view": "LM"},
+    "view ML": {"view": "ML"},
+    "view LMO": {"view": "LMO"},
+}
+_QUIRK_PATIENT = {
+    "site_id": "2", "patient_id": "20003", "laterality": "L", "age": "64.0", "cancer": "0", "biopsy": "1",
+    "invasive": "0", "BIRADS": "0.0", "implant": "0", "density": "D", "machine_id": "190",
+    "difficult_negative_case": "True",
+}  # fmt: skip
+
+
+def _quirk_rows(cells: dict[str, str]) -> str:
+    """Patient 20003's CC image and its second image (MLO unless the quirk is a view), with ``cells``."""
+    rows = []
+    for image_id, view in (("5009", "CC"), ("5010", "MLO")):
+        row = {**_QUIRK_PATIENT, "image_id": image_id, "view": view, **cells}
+        if image_id == "5009":
+            row["view"] = "CC"
+        rows.append(",".join(row[c] for c in TRAIN_COLUMNS) + "\n")
+    return "".join(rows)
+
+
+@pytest.mark.parametrize("quirk", list(RSNA_QUIRKS))
+def test_real_file_quirks_pass_and_are_written_back_unchanged(tmp_path, quirk):
+    text = LINES[0] + "\n" + FILLED_ROWS + _quirk_rows(RSNA_QUIRKS[quirk])
+    train = read_rsna_train(_write(tmp_path, text))
+    folds = make_rsna_folds(validate_rsna_train(train), n_folds=2, seed=0)
+    assert (folds.groupby("patient_id")["fold"].nunique() == 1).all() and set(folds["fold"]) == {0, 1}
+    table = join_rsna_manifest(folds, _manifest(train["image_id"]))
+    assert table[list(FOLDS_COLUMNS)].equals(folds)
+    original = pd.read_csv(tmp_path / "train.csv", dtype=str, keep_default_na=False)
+    [(column, value)] = RSNA_QUIRKS[quirk].items()
+    for frame, name in ((folds, "folds.csv"), (table, "table.csv")):
+        write_table(frame, tmp_path / name)
+        written = pd.read_csv(tmp_path / name, dtype=str, keep_default_na=False)
+        assert written[list(TRAIN_COLUMNS)].equals(original), name  # every cell as Kaggle spells it
+        assert written.loc[written["patient_id"] == "20003", column].tolist()[-1] == value
+    lines = (tmp_path / "folds.csv").read_text().splitlines()
+    assert lines[1:] == [f"{row},{f}" for row, f in zip(text.splitlines()[1:], folds["fold"], strict=True)]
 
 
 def _fold_file(tmp_path, rows: list[tuple[str, str, object]], header="patient_id,image_id,fold"):
