@@ -104,8 +104,9 @@ def test_boxes_slightly_outside_are_clipped_counted_and_logged(tmp_path, caplog)
         "xmin < 0 on 2 row(s) (by up to 26.8 px), ymin < 0 on 1 row(s) (by up to 5.2 px), xmax > width on 2 "
         "row(s) (by up to 33.2 px), ymax > height on 1 row(s) (by up to 41.1 px)"
     ) in caplog.text
-    assert "row 2 (line 3): image i1 box [-6.2529702186584, 50.0, 120.0, 260.0] (image 2800 x 3518)" in (
-        caplog.text
+    assert (
+        "row 2 (line 3): image i1 box [-6.2529702186584, 50.0, 120.0, 260.0]; the image is 2800 x 3518 "
+        "(width x height)" in caplog.text
     )
     # the other real quirks pass: empty finding BI-RADS on finding rows, up to 4 categories per row
     assert findings["finding_birads"].isna().tolist() == [False, True, False, True, False, True] + [True] * 3

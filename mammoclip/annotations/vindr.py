@@ -418,7 +418,7 @@ def _clip_to_image(
     for index in findings.index[any_out]:
         i = findings.index.get_loc(index)
         log.info(
-            "%s: image %s box %s (image %d x %d)",
+            "%s: image %s box %s; the image is %d x %d (width x height)",
             location(findings, [index]),
             findings.at[index, "image_id"],
             [float(boxes[c][i]) for c in BOX_COLUMNS],
