@@ -766,12 +766,14 @@ def boxes_from_release_table(
     )  # fmt: skip
     pw, ph = _float(joined["png_width"]), _float(joined["png_height"])
     wrong = (pw != RELEASE_PNG_SIZE[0]) | (ph != RELEASE_PNG_SIZE[1])
-    raise_at(
-        joined, wrong, "image_id",
-        f"the PNG is {int(pw[wrong][0]) if wrong.any() else 0} x {int(ph[wrong][0]) if wrong.any() else 0} "
-        f"(width x height) in the manifest, but upstream's boxes are in the {RELEASE_PNG_SIZE[0]} x "
-        f"{RELEASE_PNG_SIZE[1]} frame of the authors' PNG release",
-    )  # fmt: skip
+    if wrong.any():
+        size = f"{int(pw[wrong][0])} x {int(ph[wrong][0])}"
+        frame = f"{RELEASE_PNG_SIZE[0]} x {RELEASE_PNG_SIZE[1]}"
+        raise_at(
+            joined, wrong, "image_id",
+            f"the PNG is {size} (width x height) in the manifest, but upstream's boxes are in the {frame} "
+            "frame of the authors' PNG release",
+        )  # fmt: skip
     has_box = joined["xmin"].notna().to_numpy()
     raw = [joined[c].to_numpy(dtype=float) for c in RESIZED_COLUMNS]
     lacking = has_box & np.isnan(raw).any(axis=0)
