@@ -392,3 +392,24 @@ def test_prepare_tables_from_the_release_table_record_the_source(tmp_path):
     # without the table the same release manifest gives no PNG boxes at all (and says how to get them)
     plain = prepare_vindr_tables(b, f, tmp_path / "manifest.csv", n_folds=2, seed=0)
     assert plain["boxes"]["resized_xmin"].isna().all()
+
+
+def test_prepare_tables_in_legacy_mode_keep_upstreams_numbers(tmp_path):
+    b, f, _, _, manifest = _release_setup(tmp_path)
+    write_manifest(manifest, tmp_path / "manifest.csv")
+    tables = prepare_vindr_tables(b, f, tmp_path / "manifest.csv", n_folds=2, seed=0, legacy=True)
+    rows = tables["rows"]
+    assert rows.loc[0, "xmin"] == -26.8 and rows.loc[3, "ymax"] == 2812.0 + 41.1  # the CSV's values
+    _, raw = read_vindr_annotations(b, f, clip_boxes=False)
+    expected = map_boxes_to_png(raw, read_manifest(tmp_path / "manifest.csv"), legacy=True)
+    np.testing.assert_array_equal(
+        rows[list(RESIZED_COLUMNS)].to_numpy(), expected[list(RESIZED_COLUMNS)].to_numpy()
+    )
+    assert rows[list(RESIZED_COLUMNS)].notna().all().all()  # normal rows too: upstream's made-up boxes
+    assert (
+        rows.loc[3, "resized_xmax"] > 912 and rows.loc[3, "resized_ymax"] < rows.loc[3, "resized_ymin"]
+    )  # as upstream
+    summary = rows.attrs["box_summary"]
+    assert (
+        summary["box_mapping"] == "legacy (upstream's arithmetic)" and not summary["boxes_clipped_to_image"]
+    )
