@@ -184,7 +184,7 @@ def prepare_vindr_tables(
         "box_source": str(box_table) if box_table else "manifest crop boxes",
         "box_mapping": "legacy (upstream's arithmetic)" if legacy else "corrected",
         "boxes_beyond_image": findings.attrs["clipped_boxes"],
-        "boxes_clipped_to_image": not legacy,
+        "boxes_clipped_to_image": findings.attrs["boxes_clipped"],
         "boxes_mapped": int(boxes["resized_xmin"].notna().sum()),
         "boxes_without_png_box": int(boxes["resized_xmin"].isna().sum()),
     }

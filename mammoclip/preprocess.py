@@ -88,6 +88,7 @@ __all__ = [
     "resize",
     "select_run",
     "to_uint8",
+    "with_kept_counts",
     "write_manifest",
 ]
 
@@ -599,27 +600,36 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns and c not in _LATER_COLUMNS]
     if missing:
         raise ValueError(f"{path}: not a preprocessing manifest (missing columns {missing})")
-    return _typed(_with_kept_counts(frame))
+    return _typed(with_kept_counts(frame))
 
 
-def _with_kept_counts(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add ``crop_n_rows``/``crop_n_cols`` to a manifest written before they existed.
+def with_kept_counts(manifest: pd.DataFrame) -> pd.DataFrame:
+    """``manifest`` with ``crop_n_rows``/``crop_n_cols`` filled wherever they can be derived.
 
-    For a contiguous crop they are the extents of the crop box; for a non-contiguous (legacy tie) crop
-    they cannot be recovered and stay empty (legacy box mapping then asks to rerun preprocessing).
+    Manifests written before these columns existed, or built by hand, lack them. For a contiguous crop
+    (or when ``crop_contiguous`` is absent) they are the extents of the crop box; for a non-contiguous
+    (legacy tie) crop they cannot be recovered and stay empty (legacy box mapping then asks to rerun
+    preprocessing). Recorded values are kept. Returns a copy when anything is filled.
     """
-    if all(c in frame.columns for c in _LATER_COLUMNS):
-        return frame
-    frame = frame.copy()
-    contiguous = pd.array([_as_bool(v) for v in frame["crop_contiguous"]], dtype="boolean")
-    contiguous = np.asarray(contiguous.fillna(False), dtype=bool)
-    for column, (lo, hi) in zip(
-        _LATER_COLUMNS, (("crop_y0", "crop_y1"), ("crop_x0", "crop_x1")), strict=True
-    ):
+    incomplete = [c for c in _LATER_COLUMNS if c not in manifest.columns or manifest[c].isna().any()]
+    if not incomplete:
+        return manifest
+    if "crop_contiguous" in manifest.columns:
+        contiguous = pd.array([_as_bool(v) for v in manifest["crop_contiguous"]], dtype="boolean")
+        contiguous = np.asarray(contiguous.fillna(False), dtype=bool)
+    else:
+        contiguous = np.ones(len(manifest), dtype=bool)
+    frame = manifest.copy()
+    extents = dict(zip(_LATER_COLUMNS, (("crop_y0", "crop_y1"), ("crop_x0", "crop_x1")), strict=True))
+    for column in incomplete:
+        lo, hi = extents[column]
         extent = pd.to_numeric(frame[hi], errors="coerce") - pd.to_numeric(frame[lo], errors="coerce")
-        frame[column] = extent.where(contiguous)
-    extra = [c for c in frame.columns if c not in MANIFEST_COLUMNS]
-    return frame[[*MANIFEST_COLUMNS, *extra]]
+        derived = extent.where(contiguous)
+        frame[column] = (
+            pd.to_numeric(frame[column], errors="coerce").fillna(derived) if column in frame else derived
+        )
+    order = [c for c in MANIFEST_COLUMNS if c in frame.columns]
+    return frame[[*order, *(c for c in frame.columns if c not in order)]]
 
 
 def write_manifest(manifest: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -117,6 +117,7 @@ from mammoclip.annotations.tables import (
     source_of,
 )
 from mammoclip.preprocess import BORDER as _BORDER
+from mammoclip.preprocess import with_kept_counts
 
 __all__ = [
     "BOX_COLUMNS",
@@ -466,10 +467,12 @@ def map_boxes_to_png(
     (source rows) and ``attrs`` of ``findings`` are kept.
     """
     require_columns(findings, ["image_id", "height", "width", *BOX_COLUMNS])
-    optional = [c for c in ("crop_contiguous", *_KEPT_COUNTS) if c in manifest.columns]
+    manifest = with_kept_counts(manifest)
+    optional = ["crop_contiguous"] if "crop_contiguous" in manifest.columns else []
     joined = join_manifest(
-        findings, manifest, columns=[*_MANIFEST_GEOMETRY, *optional], missing=missing, what="finding rows"
-    )
+        findings, manifest, columns=[*_MANIFEST_GEOMETRY, *_KEPT_COUNTS, *optional], missing=missing,
+        what="finding rows",
+    )  # fmt: skip
     source = source_of(findings)
     _check_dicom_size(joined)
 
@@ -586,7 +589,7 @@ def legacy_box_mapping(joined: pd.DataFrame) -> list[np.ndarray]:
     col0 = _float(joined["crop_x0"]) - _BORDER
     row0 = _float(joined["crop_y0"]) - _BORDER
     pw, ph = _float(joined["png_width"]), _float(joined["png_height"])
-    n_rows, n_cols = _kept_counts(joined)
+    n_rows, n_cols = _float(joined["crop_n_rows"]), _float(joined["crop_n_cols"])
     bx0, by0, bx1, by1 = (joined[c].to_numpy(dtype=float) - _BORDER for c in BOX_COLUMNS)
     has_box = ~np.isnan(bx0)
     positions = np.asarray(joined.index) if pd.api.types.is_integer_dtype(joined.index) else None
@@ -626,23 +629,6 @@ def legacy_box_mapping(joined: pd.DataFrame) -> list[np.ndarray]:
             location(joined, joined.index[made_up]),
         )
     return resized
-
-
-def _kept_counts(joined: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """``(crop_n_rows, crop_n_cols)``: from the manifest, else the crop extents when it is contiguous."""
-    n_rows = _float(joined["crop_y1"]) - _float(joined["crop_y0"])
-    n_cols = _float(joined["crop_x1"]) - _float(joined["crop_x0"])
-    if "crop_contiguous" in joined.columns:
-        contiguous = joined["crop_contiguous"].astype("boolean").to_numpy(dtype=bool, na_value=False)
-        n_rows = np.where(contiguous, n_rows, np.nan)
-        n_cols = np.where(contiguous, n_cols, np.nan)
-    if "crop_n_rows" in joined.columns:
-        recorded = _float(joined["crop_n_rows"])
-        n_rows = np.where(np.isnan(recorded), n_rows, recorded)
-    if "crop_n_cols" in joined.columns:
-        recorded = _float(joined["crop_n_cols"])
-        n_cols = np.where(np.isnan(recorded), n_cols, recorded)
-    return n_rows, n_cols
 
 
 # --------------------------------------------------------------------------------------------------
