@@ -1,9 +1,9 @@
 # mammoclip: Mammo-CLIP (Ghosh et al., MICCAI 2024, arXiv 2405.12255) from raw DICOMs to the paper's tables.
 # Demo:  snakemake --cores 2          (phantom data, config/config.yaml)
-# Paper: snakemake --configfile config/paper.yaml --profile profiles/slurm
+# Paper: snakemake --configfile config/paper.yaml --profile slurm
 from snakemake.utils import min_version
 
-min_version("9.0")
+min_version("9.20")
 
 
 configfile: "config/config.yaml"

@@ -10,7 +10,7 @@ table row per syntax and method) and measures, on one thread (OpenCV's pool set 
   (header checks, decode, conversion, PNG write);
 * ``upstream reference``: :func:`mammoclip.upstream_reference.convert_like_upstream` + ``cv2.imwrite``.
 
-:func:`benchmark_processes` times :func:`mammoclip.preprocess.convert_shard` with 1 and with more worker
+:func:`benchmark_processes` times :func:`mammoclip.preprocess.convert_images` with 1 and with more worker
 processes.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from mammoclip.phantoms import generate_vindr
-from mammoclip.preprocess import convert_dicom_to_png, convert_shard
+from mammoclip.preprocess import convert_dicom_to_png, convert_images
 from mammoclip.upstream_reference import convert_like_upstream
 
 __all__ = [
@@ -167,7 +167,7 @@ def benchmark_processes(
     processes: Sequence[int] = (1, 2),
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Wall time of :func:`convert_shard` (default mode) over ``n_images`` per number of worker processes."""
+    """Wall time of :func:`convert_images` (default mode) over ``n_images`` per number of worker processes."""
     work_dir = Path(work_dir)
     paths = write_benchmark_dicoms(
         work_dir, n_images=n_images, scale=scale, transfer_syntaxes=transfer_syntaxes, seed=seed
@@ -185,9 +185,9 @@ def benchmark_processes(
                     ],
                 }
             )
-            convert_shard(images.iloc[:1], processes=1, progress=False)  # warm-up
+            convert_images(images.iloc[:1], processes=1, progress=False)  # warm-up
             start = time.perf_counter()
-            manifest = convert_shard(images, processes=n, progress=False)
+            manifest = convert_images(images, processes=n, progress=False)
             seconds = time.perf_counter() - start
             if (manifest["status"] != "ok").any():
                 raise RuntimeError("benchmark images failed")
@@ -238,6 +238,7 @@ def benchmark_inference(
 
     from mammoclip.inference import pick_device
     from mammoclip.models.image_encoders import build_image_encoder
+    from mammoclip.train.precision import autocast as precision_autocast
 
     dev = pick_device(device)
     model = build_image_encoder(encoder, pretrained=False).to(dev).eval()
@@ -245,14 +246,7 @@ def benchmark_inference(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"precision must be one of {sorted(dtypes)}, got {precision!r}")
-    autocast = (
-        torch.autocast(dev.type, dtype=dtypes[precision])
-        if dtypes[precision] is not None
-        else torch.autocast(dev.type, enabled=False)
-    )
+    autocast = precision_autocast(dev, precision, cpu=True)  # CPU autocast too: it is what we time
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -289,30 +283,37 @@ def benchmark_inference(
 # DAG construction
 
 
-#: rows of the real metadata files (upstream-mammoclip.md section 12), as
+#: rows of the real metadata files (docs/upstream.md#vindr-annotations, #rsna), as
 #: :mod:`mammoclip.phantoms.realscale` writes them; the in-house count is a guess
 PAPER_METADATA_ROWS = {"vindr": 20_000, "vindr_findings": 20_486, "rsna": 54_706, "inhouse": 50_000}
 
 
 def write_paper_like_roots(root: str | Path, *, manifest_dir: str | Path | None = None) -> dict[str, str]:
     """Dataset roots holding the real datasets' metadata files, without images (a dry run reads only the
-    metadata); returns ``{dataset: root}``.
+    metadata); returns ``{dataset: root}`` for every registered dataset.
 
     VinDr's two annotation CSVs and RSNA's ``train.csv`` are the real-scale rehearsal of
-    :func:`mammoclip.phantoms.realscale.write_rehearsal` (real row counts, columns and quirks); the
-    in-house ``reports.csv`` is a one-column file of :data:`PAPER_METADATA_ROWS` rows. With
-    ``manifest_dir`` the VinDr and RSNA preprocessing manifests are written there as well
+    :func:`mammoclip.phantoms.realscale.write_rehearsal` (real row counts, columns and quirks); any other
+    dataset's metadata file (in-house: ``reports.csv``) is a one-column file of :data:`PAPER_METADATA_ROWS`
+    rows. With ``manifest_dir`` the VinDr and RSNA preprocessing manifests are written there as well
     (``{manifest_dir}/{dataset}/manifest.csv``).
     """
+    from mammoclip import registry
     from mammoclip.phantoms.realscale import write_rehearsal
 
     root = Path(root)
     files = write_rehearsal(root, manifest_dir=manifest_dir)
-    inhouse = root / "inhouse"
-    inhouse.mkdir(parents=True, exist_ok=True)
-    rows = PAPER_METADATA_ROWS["inhouse"]
-    (inhouse / "reports.csv").write_text("image_id\n" + "".join(f"{i}\n" for i in range(rows)))
-    return {"vindr": str(files["vindr"]), "rsna": str(files["rsna"]), "inhouse": str(inhouse)}
+    roots = {}
+    for name in registry.list_datasets():
+        if name in files:
+            roots[name] = str(files[name])
+            continue
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        ids = "".join(f"{i}\n" for i in range(PAPER_METADATA_ROWS[name]))
+        (folder / registry.get_dataset(name).metadata_files[0]).write_text("image_id\n" + ids)
+        roots[name] = str(folder)
+    return roots
 
 
 def benchmark_dag(
@@ -393,9 +394,9 @@ def benchmark_annotations(
     Writes :func:`mammoclip.phantoms.realscale.write_rehearsal`'s files (VinDr: 20 000 + 20 486 rows;
     RSNA: 54 706 rows; their preprocessing manifests) under ``work_dir`` and times, one step at a time on
     the previous step's output: VinDr's read + validation, the manifest read, the box mapping, the row /
-    image / image-label tables, then the whole :func:`mammoclip.pipeline.prepare_vindr_tables`; RSNA's
+    image / image-label tables, then the whole :func:`mammoclip.stages.build_vindr_tables`; RSNA's
     read + validation, the manifest read, the folds, the manifest join, then the whole
-    :func:`mammoclip.pipeline.prepare_rsna_folds`. Log records below ERROR are muted while timing.
+    :func:`mammoclip.stages.build_rsna_folds`. Log records below ERROR are muted while timing.
     Columns: ``dataset, step, rows_in, output`` (what the step returned), ``median_s, min_s, rows_per_s``.
     """
     import logging
@@ -411,8 +412,8 @@ def benchmark_annotations(
         vindr_row_table,
     )
     from mammoclip.phantoms.realscale import write_rehearsal
-    from mammoclip.pipeline import prepare_rsna_folds, prepare_vindr_tables
     from mammoclip.preprocess import read_manifest
+    from mammoclip.stages import build_rsna_folds, build_vindr_tables
 
     T = TypeVar("T")
     work_dir = Path(work_dir)
@@ -474,8 +475,8 @@ def benchmark_annotations(
 
         timed("vindr", "row/image/label tables", len(mapped), vindr_tables, sizes)
         timed(
-            "vindr", "all: prepare_vindr_tables", n_images + n_findings,
-            lambda: prepare_vindr_tables(
+            "vindr", "all: build_vindr_tables", n_images + n_findings,
+            lambda: build_vindr_tables(
                 breast_csv, findings_csv, vindr_manifest, n_folds=vindr_folds, seed=fold_seed
             ),
             sizes,
@@ -501,8 +502,8 @@ def benchmark_annotations(
             n_rows("images"),
         )
         timed(
-            "rsna", "all: prepare_rsna_folds", n_train,
-            lambda: prepare_rsna_folds(train_csv, rsna_manifest, n_folds=rsna_folds, seed=fold_seed),
+            "rsna", "all: build_rsna_folds", n_train,
+            lambda: build_rsna_folds(train_csv, rsna_manifest, n_folds=rsna_folds, seed=fold_seed),
             n_rows("images"),
         )  # fmt: skip
     finally:

@@ -6,7 +6,7 @@ Always ``torch.load(path, map_location="cpu", weights_only=True)``: no arbitrary
 saved from ``cuda:0`` (as in the released files) land on the CPU. The released files' ``config`` entry can
 hold OmegaConf objects (a ``ListConfig`` left in ``transform.train.transform.affine_scale``, which drags in
 its parent ``DictConfig``, nodes, metadata dataclasses, ``collections.defaultdict``, ``typing.Any`` and
-builtin types; upstream-mammoclip.md section 4.6). ``weights_only=True`` refuses those globals. We
+builtin types; docs/upstream.md#checkpoints). ``weights_only=True`` refuses those globals. We
 allow-list, *under those global names only*, inert stand-ins defined here (:data:`STAND_IN_GLOBALS`): a
 stand-in class only records the pickled state as data (it has no behaviour and omegaconf need not be
 installed), ``defaultdict`` becomes a plain ``dict``, and type references (``typing.Any``, ``builtins.list``,
@@ -90,6 +90,8 @@ class StandIn:
     """Base of the inert stand-ins: records constructor arguments and pickled state, does nothing else."""
 
     global_name = "?"
+    args: tuple[Any, ...]
+    state: Any
 
     def __new__(cls, *args: Any, **kwargs: Any):
         obj = super().__new__(cls)
@@ -181,7 +183,7 @@ def _make_stand_ins() -> list[tuple[Any, str]]:
 
 
 #: (stand-in, global name) pairs allow-listed while reading a checkpoint, and nothing else.
-STAND_IN_GLOBALS: list[tuple[Any, str]] = _make_stand_ins()
+STAND_IN_GLOBALS: list[Any] = _make_stand_ins()
 _STAND_IN_NAMES = frozenset(name for _, name in STAND_IN_GLOBALS)
 
 
@@ -618,28 +620,30 @@ def load_clip(
         raise CheckpointError(f"{path}: {err}") from err
     model.eval()
 
-    want_tokenizer, tokenizer = tokenizer, None
+    want_tokenizer = tokenizer
+    loaded: Any = None  # the tokenizer returned
     if not want_tokenizer:
         tokenizer_source = "not loaded"
     elif ours is not None and isinstance(ours.get("tokenizer"), Mapping):
-        tokenizer = _tokenizer_from_files(ours["tokenizer"])
+        loaded = _tokenizer_from_files(ours["tokenizer"])
         tokenizer_source = "embedded in the checkpoint"
     elif text_backbone is not None:
-        tokenizer = load_tokenizer(text_backbone, cache_dir=cache_dir)
+        loaded = load_tokenizer(text_backbone, cache_dir=cache_dir)
         tokenizer_source = str(text_backbone)
     else:
         try:
-            tokenizer = load_tokenizer(DEFAULT_TEXT_BACKBONE, cache_dir=cache_dir)
+            loaded = load_tokenizer(DEFAULT_TEXT_BACKBONE, cache_dir=cache_dir)
         except TextBackboneNotFoundError as err:
             raise TextBackboneNotFoundError(
                 f"{path} holds no tokenizer (released checkpoints never do); pass text_backbone= (a folder "
                 f"with {DEFAULT_TEXT_BACKBONE}'s tokenizer or a cached model id). {err}"
             ) from err
         tokenizer_source = DEFAULT_TEXT_BACKBONE
-    vocab_rows = int(model.text_encoder.text_encoder.config.vocab_size)
-    if tokenizer is not None and len(tokenizer) > vocab_rows:
+    text_config: Any = model.text_encoder.text_encoder.config
+    vocab_rows = int(text_config.vocab_size)
+    if loaded is not None and len(loaded) > vocab_rows:
         raise CheckpointError(
-            f"{path}: the tokenizer ({tokenizer_source}) has {len(tokenizer)} tokens but the checkpoint's "
+            f"{path}: the tokenizer ({tokenizer_source}) has {len(loaded)} tokens but the checkpoint's "
             f"text encoder only {vocab_rows} embeddings: wrong tokenizer"
         )
     train_loss = ckpt.get("train_loss")
@@ -658,7 +662,7 @@ def load_clip(
         "tokenizer": tokenizer_source,
         "logit_scale": float(model.logit_scale.detach()),
     }
-    return model, tokenizer, info
+    return model, loaded, info
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -43,12 +43,12 @@ def _bench_preprocess(args: argparse.Namespace) -> int:
 def _embed_inputs(args: argparse.Namespace):
     """``(inputs, model, tokenizer, device, raw, projected)`` for the images and checkpoint in ``args``."""
     from mammoclip.checkpoints import load_clip
-    from mammoclip.inference import embed_images, list_inputs, pick_device
+    from mammoclip.inference import embed_batches, list_inputs, pick_device
 
     inputs = list_inputs(args.images)  # cheap checks first: no model load for an empty input
     device = pick_device(args.device)
     model, tokenizer, _ = load_clip(args.checkpoint, text_backbone=args.text_backbone)
-    raw, projected = embed_images(
+    raw, projected = embed_batches(
         model,
         inputs,
         height=args.height,

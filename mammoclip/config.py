@@ -17,7 +17,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+#: package data (config/schema.yaml in the repository is a link to it), so installed copies find it too
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema.yaml"
 
 
 class ConfigError(ValueError):

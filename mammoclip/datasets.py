@@ -1,8 +1,9 @@
 """Where each dataset's images are, and the per-image table the preprocessing stage works through.
 
-The three datasets (VinDr-Mammo, RSNA, in-house image+report) each list their images in a metadata CSV
-(upstream-mammoclip.md section 12) and keep the files in a tree described by a path template filled with the
-CSV's columns, e.g. ``images/{study_id}/{image_id}.dicom``.
+Each dataset lists its images in a metadata CSV (layouts: docs/upstream.md#vindr-annotations, #rsna) and
+keeps the files in a tree described by a path template filled with the CSV's columns, e.g.
+``images/{study_id}/{image_id}.dicom``; which columns hold our identifiers is its :mod:`mammoclip.registry`
+entry.
 """
 
 from __future__ import annotations
@@ -15,24 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-DATASETS = ("vindr", "rsna", "inhouse")
+from mammoclip import registry
 
-# Columns of each dataset's metadata CSV that hold our common identifiers.
-_COMMON_COLUMNS: dict[str, dict[str, str]] = {
-    "vindr": {
-        "patient_id": "study_id",
-        "image_id": "image_id",
-        "laterality": "laterality",
-        "view": "view_position",
-    },
-    "rsna": {"patient_id": "patient_id", "image_id": "image_id", "laterality": "laterality", "view": "view"},
-    "inhouse": {
-        "patient_id": "patient_id",
-        "image_id": "image_id",
-        "laterality": "laterality",
-        "view": "view",
-    },
-}
 IMAGE_TABLE_COLUMNS = ["image_id", "patient_id", "laterality", "view", "source_path", "png_path"]
 
 
@@ -72,8 +57,8 @@ class DatasetSpec:
 
 def resolve_dataset(name: str, settings: dict[str, Any], phantom_dir: str | Path) -> DatasetSpec:
     """Build the spec of dataset ``name`` from its (schema-validated) config section ``settings``."""
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if name not in registry.list_datasets():
+        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(registry.list_datasets())}")
     source = settings["source"]
     root = Path(phantom_dir) / name if source == "phantom" else Path(settings["root"])
     template = settings["png_template"] if source == "png" else settings["dicom_template"]
@@ -98,7 +83,7 @@ def list_images(spec: DatasetSpec, metadata: pd.DataFrame, *, png_root: str | Pa
 
     For a PNG release the source is the PNG itself and nothing is written.
     """
-    columns = _COMMON_COLUMNS[spec.name]
+    columns = registry.get_dataset(spec.name).id_columns
     missing = sorted(set(columns.values()) - set(metadata.columns))
     if missing:
         raise DatasetError(f"{spec.metadata_csv}: missing column(s) {', '.join(missing)}")

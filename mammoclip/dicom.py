@@ -406,7 +406,7 @@ def decode_stored(header: DicomHeader) -> DecodedPixels:
 
 def legacy_rescale(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     """dicomsdl's ``pixelData()`` rescale, bit for bit: float32 copy, then ``*= slope``, ``+= intercept``."""
-    out = np.float32(stored)
+    out = stored.astype(np.float32)  # a copy, as np.float32(array)
     out *= slope
     out += intercept
     return out

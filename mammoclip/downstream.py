@@ -1,7 +1,8 @@
-"""One downstream classifier run (upstream-mammoclip.md section 7): data, training, predictions, metrics.
+"""One downstream classifier run (docs/upstream.md#classifiers): data, training, predictions, metrics.
 
-A run is one (protocol, dataset, label, model, mode, data fraction, fold, seed). Its steps, each a function
-of DataFrames and plain values:
+A run is one :class:`mammoclip.runs.RunKey` (protocol, dataset, label, model, mode, data fraction, fold,
+seed). Its steps, each a function of DataFrames and plain values; what differs per dataset (the table a
+protocol reads, the split, breast-level metrics) comes from its :mod:`mammoclip.registry` entry:
 
 1. :func:`label_table` picks the annotation table the protocol works on (VinDr: finding rows for ``paper``,
    images for ``clean``; RSNA: ``train_folds.csv``) and drops rows without a label or a PNG.
@@ -14,8 +15,7 @@ of DataFrames and plain values:
    F1 for density with the majority-class baseline of the *training* labels, each with a bootstrap 95%
    interval that resamples patients.
 
-:func:`run_classification` chains them and writes the run's files; every metrics row carries the run's
-keys, checkpoint, tables, protocol, seed and code version.
+:func:`mammoclip.stages.classify` chains them and writes the run's files.
 """
 
 from __future__ import annotations
@@ -23,47 +23,25 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mammoclip import registry
 from mammoclip.evaluate.metrics import aggregate_by, binary_metrics, multiclass_metrics
-from mammoclip.evaluate.protocols import check_protocol, sample_fraction, split_rsna, split_vindr
-from mammoclip.labels import LABELS, MODES, LabelSpec
+from mammoclip.evaluate.protocols import check_protocol, sample_fraction
+from mammoclip.runs import MODES
 
 __all__ = [
-    "LABELS",
     "MODES",
-    "LabelSpec",
     "label_table",
-    "run_classification",
     "run_metrics",
     "run_parts",
     "train_run",
 ]
 
 log = logging.getLogger(__name__)
-
-
-#: settings a label's config may hold (the rest of :class:`ClassifierConfig` comes from the run)
-TRAIN_SETTINGS = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "warmup_epochs",
-    "weighted_loss",
-    "balanced_sampler",
-    "pos_weight",
-)
-
-
-def label_spec(label: str) -> LabelSpec:
-    if label not in LABELS:
-        raise ValueError(f"unknown label {label!r}; known labels: {sorted(LABELS)}")
-    return LABELS[label]
 
 
 def label_table(
@@ -76,10 +54,10 @@ def label_table(
     in the log.
     """
     check_protocol(protocol)
-    spec = label_spec(label)
+    spec = registry.get_label(label)
     if spec.dataset != dataset:
         raise ValueError(f"label {label!r} belongs to dataset {spec.dataset!r}, not {dataset!r}")
-    key = {"vindr": "rows" if protocol == "paper" else "images", "rsna": "folds"}[dataset]
+    key = registry.get_dataset(dataset).classifier_tables[protocol]
     if key not in tables:
         raise ValueError(f"{dataset} ({protocol}) needs the {key!r} table, got {sorted(tables)}")
     table = tables[key]
@@ -110,14 +88,10 @@ def run_parts(
     table: pd.DataFrame, *, dataset: str, protocol: str, fold: int, fraction: float, seed: int, binary: bool
 ) -> dict[str, pd.DataFrame]:
     """``train`` (the data fraction of it), ``select`` and ``report`` for one run (module docstring)."""
-    if dataset == "vindr":
-        if protocol == "paper" and fold != 0:
-            raise ValueError(f"the paper protocol has one VinDr split (fold 0), got fold {fold}")
-        parts = split_vindr(table, protocol=protocol, val_fold=fold if protocol == "clean" else 0)
-    elif dataset == "rsna":
-        parts = split_rsna(table, protocol=protocol, fold=fold)
-    else:
+    split = registry.get_dataset(dataset).classifier_split
+    if split is None:
         raise ValueError(f"no classification protocol for dataset {dataset!r}")
+    parts = registry.resolve(split)(table, protocol=protocol, fold=fold)
     full = len(parts["train"])
     parts["train"] = sample_fraction(
         parts["train"],
@@ -237,7 +211,7 @@ def run_metrics(
             )
 
         values = auroc(predictions)
-        if dataset == "rsna":
+        if registry.get_dataset(dataset).breast_level:
             rows.append({**_metric_row("auroc", "image", values, "auroc"), "primary": False})
             values = auroc(aggregate_by(predictions, ["patient_id", "laterality"], "probability", "label"))
             level = "breast"
@@ -266,154 +240,3 @@ def run_metrics(
     # the baseline belongs to accuracy: always predicting the training majority class
     metrics["majority_baseline"] = np.where(metrics["metric"].eq("accuracy"), baseline, np.nan)
     return metrics, predictions
-
-
-def run_classification(
-    *,
-    dataset: str,
-    label: str,
-    model: str,
-    mode: str,
-    protocol: str,
-    fraction: float,
-    fold: int,
-    seed: int,
-    checkpoint: str,
-    tables: Mapping[str, str],
-    settings: Mapping[str, Any],
-    outputs: Mapping[str, str],
-    height: int,
-    width: int,
-    embeddings_path: str | None = None,
-    augment: bool = False,
-    precision: str = "fp32",
-    num_workers: int = 0,
-    n_boot: int = 1000,
-    paper_model: str = "",
-    text_backbone: str | None = None,
-    device: str = "auto",
-) -> pd.DataFrame:
-    """Run one classifier and write ``outputs``: ``metrics`` (CSV), ``predictions`` (CSV), ``history`` (CSV),
-    ``model`` (the selected weights, ``torch.save``) and ``provenance`` (JSON). Returns the metrics."""
-    import torch
-
-    from mammoclip.annotations.tables import read_table, write_table
-    from mammoclip.inference import pick_device, read_embeddings
-    from mammoclip.provenance import code_version, write_provenance
-    from mammoclip.train.classify import ClassifierConfig
-
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
-    spec = label_spec(label)
-    unknown = sorted(set(settings) - set(TRAIN_SETTINGS))
-    if unknown:
-        raise ValueError(f"classify.labels.{label}: unknown setting(s) {unknown}")
-    config = ClassifierConfig(
-        mode=MODES[mode],
-        label=label,
-        n_classes=spec.n_classes,
-        seed=seed,
-        precision=precision,
-        num_workers=num_workers,
-        **{k: settings[k] for k in TRAIN_SETTINGS if k in settings},
-    )
-    loaded = {k: read_table(v, str_columns=("patient_id", "image_id")) for k, v in tables.items()}
-    try:
-        table = label_table(loaded, dataset=dataset, label=label, protocol=protocol)
-    except ValueError as err:
-        raise ValueError(f"{', '.join(map(str, tables.values()))}: {err}") from None
-    parts = run_parts(
-        table,
-        dataset=dataset,
-        protocol=protocol,
-        fold=fold,
-        fraction=fraction,
-        seed=seed,
-        binary=config.binary,
-    )
-    cached = None
-    if embeddings_path:
-        ids, raw, _, meta = read_embeddings(embeddings_path)
-        cached = (ids, raw)
-        log.info("linear probe on cached embeddings %s (%s)", embeddings_path, meta.get("checkpoint", "?"))
-    torch_device = pick_device(device)
-    load_kwargs = {"text_backbone": text_backbone} if text_backbone else {}
-    probs, history, state, info = train_run(
-        parts,
-        config,
-        checkpoint=checkpoint,
-        height=height,
-        width=width,
-        embeddings=cached,
-        augment=augment,
-        device=str(torch_device),
-        load_kwargs=load_kwargs,
-    )
-    metrics, predictions = run_metrics(
-        parts["report"],
-        probs,
-        dataset=dataset,
-        protocol=protocol,
-        n_classes=spec.n_classes,
-        train_labels=parts["train"]["label"],
-        n_boot=n_boot,
-        seed=seed,
-    )
-    version = code_version()
-    selected = next(h["epoch"] for h in history if h["selected"])
-    keys = {
-        "dataset": dataset,
-        "label": label,
-        "setting": mode,
-        "data_frac": float(fraction),
-        "model": model,
-        "paper_model": paper_model,
-        "protocol": protocol,
-        "fold": int(fold),
-        "seed": int(seed),
-    }
-    metrics = pd.DataFrame([{**keys, **row} for row in metrics.to_dict("records")])
-    metrics = metrics.assign(
-        n_train=len(parts["train"]),
-        n_select=len(parts["select"]),
-        selected_epoch=selected,
-        cached_embeddings=bool(embeddings_path),
-        checkpoint=str(checkpoint),
-        code_version=version,
-    )
-    for row in metrics.itertuples():
-        log.info(
-            "%s %s %s %s frac %g fold %d: %s (%s) %.3f [%.3f, %.3f]",
-            protocol,
-            dataset,
-            label,
-            mode,
-            fraction,
-            fold,
-            row.metric,
-            row.level,
-            row.value,
-            row.value_low,
-            row.value_high,
-        )
-    predictions.insert(0, "part", "report")
-    write_table(metrics, outputs["metrics"])
-    write_table(predictions, outputs["predictions"])
-    write_table(pd.DataFrame(history), outputs["history"])
-    record = write_provenance(
-        outputs["provenance"],
-        **keys,
-        checkpoint=str(checkpoint),
-        checkpoint_info={k: v for k, v in info.items() if isinstance(v, str | int | float | bool)},
-        tables={k: str(v) for k, v in tables.items()},
-        embeddings=embeddings_path,
-        classifier=config.to_dict(),
-        augment=augment,
-        selected_epoch=selected,
-        n_rows={k: len(v) for k, v in parts.items()},
-        device=str(torch_device),
-    )
-    tmp = Path(outputs["model"]).with_suffix(".tmp")
-    torch.save({"state_dict": state, "metadata": record}, tmp)
-    os.replace(tmp, outputs["model"])
-    return metrics

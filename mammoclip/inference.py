@@ -1,6 +1,6 @@
 """Per-image embeddings and prompt scores from a Mammo-CLIP model (released or ours).
 
-Model input, as upstream (upstream-mammoclip.md section 14.3): the 8-bit PNG of the DICOM -> PNG stage
+Model input, as upstream (docs/upstream.md#zero-shot): the 8-bit PNG of the DICOM -> PNG stage
 (grey, replicated to 3 channels), per-image min-max to [0, 1], then ``(x - 0.3089279) / 0.25053555408335154``.
 A PNG whose size differs from the configured input size is resized with ``INTER_AREA`` (as the converter
 does); a DICOM is first converted in memory with this project's preprocessing.
@@ -26,6 +26,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from mammoclip.train.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +171,7 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
-
-
-def embed_images(
+def embed_batches(
     model: torch.nn.Module,
     inputs: pd.DataFrame,
     *,
@@ -199,7 +194,9 @@ def embed_images(
         pin_memory=device.type == "cuda",
     )
     raw, projected = [], []
-    with torch.inference_mode(), _autocast(device):
+    # bf16 autocast where the GPU supports it, else fp16; fp32 on the CPU
+    precision = "fp16" if device.type == "cuda" and not torch.cuda.is_bf16_supported() else "bf16"
+    with torch.inference_mode(), autocast(device, precision):
         for batch in tqdm(loader, desc="embedding", unit="batch", disable=not progress):
             batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             features = model.encode_image(batch)

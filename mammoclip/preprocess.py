@@ -1,9 +1,9 @@
 """DICOM -> PNG preprocessing: upstream Mammo-CLIP's pipeline, fast, with two documented fixes.
 
-Per image (upstream-mammoclip.md section 1.1): decode the stored values, drop a 5-pixel border, invert
-MONOCHROME1 (``max - x``), min-max normalise to uint8 by truncation (``(x - min) / max * 255`` in float32),
-find the breast on a copy thresholded at <= 40 (longest run of columns that are non-constant over the
-central 80 % of rows, then likewise rows over the central 80 % of the kept columns), cut it out of the
+Per image (as upstream, docs/upstream.md#preprocessing): decode the stored values, drop a 5-pixel border,
+invert MONOCHROME1 (``max - x``), min-max normalise to uint8 by truncation (``(x - min) / max * 255`` in
+float32), find the breast on a copy thresholded at <= 40 (longest run of columns that are non-constant over
+the central 80 % of rows, then likewise rows over the central 80 % of the kept columns), cut it out of the
 unthresholded image, ``cv2.resize(..., (width, height), INTER_AREA)`` and write an 8-bit PNG.
 
 ``legacy=True`` is pixel-identical to :func:`mammoclip.upstream_reference.convert_like_upstream` (upstream's
@@ -52,9 +52,6 @@ import functools
 import logging
 import multiprocessing
 import os
-import shutil
-import threading
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -66,6 +63,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from mammoclip.dicom import DecodedPixels, ImageReadError, decode_stored, modality_lut_values, read_header
+from mammoclip.io import atomic_copy, atomic_path, atomic_write
 
 __all__ = [
     "BORDER",
@@ -79,9 +77,9 @@ __all__ = [
     "check_failures",
     "convert_dicom_to_png",
     "convert_png_release",
-    "convert_shard",
+    "convert_images",
     "crop_to_breast",
-    "join_manifests",
+    "combine_manifests",
     "ok_images",
     "preprocess_pixels",
     "read_manifest",
@@ -357,26 +355,12 @@ def preprocess_pixels(
 # --------------------------------------------------------------------------------------------------
 
 
-def _tmp_path(dst: Path) -> Path:
-    return dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _write_atomic(dst: Path, write: Callable[[Path], None]) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(dst)
-    try:
-        write(tmp)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _write_png(dst: Path, img: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", img, PNG_PARAMS)
     if not ok:
         raise OSError("cv2.imencode failed")
-    _write_atomic(dst, lambda tmp: tmp.write_bytes(buf.tobytes()))
+    with atomic_write(dst, "wb") as handle:
+        handle.write(buf.tobytes())
 
 
 def _blank_result(src: str | os.PathLike, dst: str | os.PathLike | None) -> dict:
@@ -463,7 +447,7 @@ def convert_png_release(src: str | os.PathLike, dst: str | os.PathLike | None = 
     """
     src = Path(src)
     same = dst is None or str(dst) == "" or os.path.abspath(dst) == os.path.abspath(src)
-    target = src if same else Path(dst)
+    target = src if same or dst is None else Path(dst)
     row = _blank_result(src, target)
     if not src.is_file():
         return _fail(row, "missing_file", "no such file", None if same else target)
@@ -473,7 +457,7 @@ def convert_png_release(src: str | os.PathLike, dst: str | os.PathLike | None = 
         if img is None or data[:8].tobytes() != b"\x89PNG\r\n\x1a\n":
             return _fail(row, "unreadable_png", "not a decodable PNG file", None if same else target)
         if not same:
-            _write_atomic(target, lambda tmp: shutil.copyfile(src, tmp))
+            atomic_copy(src, target)
     except Exception as exc:
         return _fail(row, "internal_error", f"{type(exc).__name__}: {exc}", None if same else target)
     row.update(status="ok", reason="", png_height=int(img.shape[0]), png_width=int(img.shape[1]))
@@ -526,7 +510,7 @@ def _empty_manifest(passthrough: Iterable[str] = ()) -> pd.DataFrame:
     return _typed(pd.DataFrame(columns=[*MANIFEST_COLUMNS, *passthrough]))
 
 
-def convert_shard(
+def convert_images(
     images: pd.DataFrame,
     *,
     width: int = 912,
@@ -548,18 +532,18 @@ def convert_shard(
     """
     missing = [c for c in INPUT_COLUMNS if c not in images.columns]
     if missing:
-        raise ValueError(f"convert_shard: input lacks columns {missing}")
+        raise ValueError(f"convert_images: input lacks columns {missing}")
     clash = [c for c in images.columns if c in MANIFEST_COLUMNS and c not in INPUT_COLUMNS]
     if clash:
-        raise ValueError(f"convert_shard: input columns {clash} collide with manifest columns")
+        raise ValueError(f"convert_images: input columns {clash} collide with manifest columns")
     dup = images["image_id"][images["image_id"].duplicated()].unique()
     if len(dup):
-        raise ValueError(f"convert_shard: duplicate image_id {list(dup[:10])}")
+        raise ValueError(f"convert_images: duplicate image_id {list(dup[:10])}")
     targets = images["png_path"].dropna().astype(str)
     targets = targets[(targets != "") & ~images.loc[targets.index, "source_path"].map(_is_png)]
     dup = targets[targets.duplicated()].unique()
     if len(dup):
-        raise ValueError(f"convert_shard: several images write {list(dup[:10])}")
+        raise ValueError(f"convert_images: several images write {list(dup[:10])}")
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
     passthrough = [c for c in images.columns if c not in INPUT_COLUMNS]
@@ -635,14 +619,14 @@ def with_kept_counts(manifest: pd.DataFrame) -> pd.DataFrame:
 def write_manifest(manifest: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a manifest atomically (.csv, .tsv or .parquet by suffix)."""
     path = Path(path)
-    if path.suffix == ".parquet":
-        _write_atomic(path, lambda tmp: manifest.to_parquet(tmp, index=False))
-    else:
-        sep = "\t" if path.suffix == ".tsv" else ","
-        _write_atomic(path, lambda tmp: manifest.to_csv(tmp, sep=sep, index=False))
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            manifest.to_parquet(tmp, index=False)
+        else:
+            manifest.to_csv(tmp, sep="\t" if path.suffix == ".tsv" else ",", index=False)
 
 
-def join_manifests(manifests: Iterable[pd.DataFrame | str | os.PathLike]) -> pd.DataFrame:
+def combine_manifests(manifests: Iterable[pd.DataFrame | str | os.PathLike]) -> pd.DataFrame:
     """Concatenate shard manifests (frames or paths); reject duplicate image ids; sort by patient, image."""
     frames = [read_manifest(m) if isinstance(m, str | os.PathLike) else m for m in manifests]
     for i, frame in enumerate(frames):

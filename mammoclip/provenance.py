@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 from functools import cache
@@ -34,7 +35,7 @@ def provenance(**fields: Any) -> dict[str, Any]:
     return {"code_version": code_version(), "python": platform.python_version(), **fields}
 
 
-def write_provenance(path: str | Path, **fields: Any) -> dict[str, Any]:
+def write_provenance(path: str | os.PathLike, **fields: Any) -> dict[str, Any]:
     """Write a provenance record as JSON (sorted keys, stable bytes for equal inputs) and return it."""
     record = provenance(**fields)
     Path(path).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")

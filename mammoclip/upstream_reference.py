@@ -1,8 +1,8 @@
 """Plain re-implementation of upstream Mammo-CLIP's CPU DICOM -> PNG conversion (the reference).
 
-Written from the description in upstream-mammoclip.md section 1.1 for clarity, not speed: every step is
-one obvious numpy operation on the whole image, in upstream's dtypes, so that it can serve as the
-pixel-equality oracle for ``mammoclip.preprocess`` (``legacy=True``) and as the "upstream" column of the
+Written from a description of upstream's code (docs/upstream.md#preprocessing) for clarity, not speed:
+every step is one obvious numpy operation on the whole image, in upstream's dtypes, so that it can serve as
+the pixel-equality oracle for ``mammoclip.preprocess`` (``legacy=True``) and as the "upstream" column of the
 preprocessing benchmark. It reads with dicomsdl directly, without any safety check: only feed it valid
 files (dicomsdl crashes the process on some malformed ones, see :mod:`mammoclip.dicom`).
 

@@ -1,11 +1,14 @@
-# VinDr label/box tables and RSNA folds (upstream sections 1.4, 3 and 12).
+# Annotation tables, one rule per dataset; the tables each writes are its registry entry's
+# `annotation_tables` (docs/upstream.md#vindr-annotations, #rsna).
 
-VINDR_TABLES = {
-    "rows": "vindr_detection_v1_folds.csv",
-    "images": "vindr_images.csv",
-    "boxes": "vindr_boxes.csv",
-    "image_labels": "clip_vindr_final.csv",
-}
+if config["annotations"]["vindr_box_table"] and (
+    "vindr" not in ENABLED_DATASETS or config["datasets"]["vindr"]["source"] != "png"
+):
+    raise WorkflowError(
+        "config key 'annotations.vindr_box_table' is for the authors' PNG release "
+        "(datasets.vindr.source: png); with converted DICOMs the boxes are mapped with the manifest's "
+        "crop boxes (set legacy: true for upstream's arithmetic)"
+    )
 
 
 rule vindr_tables:
@@ -16,10 +19,7 @@ rule vindr_tables:
         / config["datasets"]["vindr"]["findings_csv"],
         manifest="results/preprocess/vindr/manifest.csv",
     output:
-        **{
-            name: f"results/annotations/vindr/{file}"
-            for name, file in VINDR_TABLES.items()
-        },
+        **registry.get_dataset("vindr").annotation_outputs(),
         provenance="results/annotations/vindr/provenance.json",
     log:
         "logs/annotations/vindr.log",
@@ -42,7 +42,7 @@ rule rsna_folds:
         train=lambda wc: SPECS["rsna"].metadata_csv,
         manifest="results/preprocess/rsna/manifest.csv",
     output:
-        folds="results/annotations/rsna/train_folds.csv",
+        **registry.get_dataset("rsna").annotation_outputs(),
         provenance="results/annotations/rsna/provenance.json",
     log:
         "logs/annotations/rsna.log",
@@ -63,7 +63,7 @@ rule rsna_folds:
 rule annotations:
     input:
         [
-            f"results/annotations/{d}/provenance.json"
-            for d in ("vindr", "rsna")
-            if d in ENABLED_DATASETS
+            registry.get_dataset(d).annotation_provenance
+            for d in ENABLED_DATASETS
+            if registry.get_dataset(d).annotation_tables
         ],

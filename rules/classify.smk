@@ -1,5 +1,5 @@
-# Downstream classifiers (upstream section 7): linear probe (lp) and finetune (ft) of the model's image
-# encoder, per protocol, dataset, label, model, data fraction, fold and seed (rules/common.smk).
+# Downstream classifiers (docs/upstream.md#classifiers): linear probe (lp) and finetune (ft) of the model's
+# image encoder, per protocol, dataset, label, model, data fraction, fold and seed (rules/common.smk).
 
 
 wildcard_constraints:

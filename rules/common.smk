@@ -7,16 +7,11 @@ from pathlib import Path
 # The package lives beside the Snakefile; jobs import it through workflow_scripts/_bootstrap.py.
 sys.path.insert(0, workflow.basedir)
 
+from mammoclip import registry
 from mammoclip import resources as sizes
 from mammoclip.resources import grow
 from mammoclip.config import ConfigError, load_config
-from mammoclip.labels import LABELS as CLASSIFIER_LABELS
-from mammoclip.datasets import (
-    DATASETS,
-    DatasetError,
-    check_dataset_files,
-    resolve_dataset,
-)
+from mammoclip.datasets import DatasetError, check_dataset_files, resolve_dataset
 
 try:
     config.update(load_config(config, base_dir=Path.cwd()))
@@ -24,7 +19,10 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 PHANTOM_DIR = config["phantoms"]["output_dir"]
-ENABLED_DATASETS = [d for d in DATASETS if config["datasets"][d]["enabled"]]
+# Datasets, labels and what differs between them: mammoclip/registry.py.
+ENABLED_DATASETS = [
+    d for d in registry.list_datasets() if config["datasets"][d]["enabled"]
+]
 SPECS = {
     d: resolve_dataset(d, config["datasets"][d], PHANTOM_DIR) for d in ENABLED_DATASETS
 }
@@ -33,18 +31,11 @@ try:
         check_dataset_files(_spec)
 except DatasetError as err:
     raise WorkflowError(str(err)) from None
-if config["annotations"]["vindr_box_table"] and (
-    "vindr" not in ENABLED_DATASETS or config["datasets"]["vindr"]["source"] != "png"
-):
-    raise WorkflowError(
-        "config key 'annotations.vindr_box_table' is for the authors' PNG release "
-        "(datasets.vindr.source: png); with converted DICOMs the boxes are mapped with the manifest's "
-        "crop boxes (set legacy: true for upstream's arithmetic)"
-    )
 SHARDS = list(range(config["preprocess"]["shards"]))
 # Models evaluated downstream, by name: the configured checkpoint (its file stem), else our own
-# pretraining's best checkpoint (rules/pretrain.smk), which needs the in-house image+report data.
-PRETRAIN = not config["pretrained_checkpoint"] and "inhouse" in ENABLED_DATASETS
+# pretraining's best checkpoint (rules/pretrain.smk), which needs the image+report data.
+REPORT_DATASETS = [d for d in ENABLED_DATASETS if registry.get_dataset(d).reports]
+PRETRAIN = not config["pretrained_checkpoint"] and bool(REPORT_DATASETS)
 if config["pretrained_checkpoint"]:
     CHECKPOINTS = {
         Path(config["pretrained_checkpoint"]).stem: config["pretrained_checkpoint"]
@@ -94,17 +85,26 @@ def dataset_spec(wildcards):
 
 
 def pretrain_inputs(wildcards):
-    """Tables, manifests and (demo) text model the pretraining job reads."""
+    """Tables, manifests and (demo) text model the pretraining job reads: the report table, with
+    `pretrain.use_vindr` VinDr's image-label table, each with its manifest."""
     inputs = {
-        "reports": "results/reports/inhouse/clip_pretrain.csv",
-        "reports_manifest": "results/preprocess/inhouse/manifest.csv",
+        "reports": rules.augment_reports.output.table,
+        "reports_manifest": rules.prepare_reports.input.manifest,
     }
     if config["pretrain"]["use_vindr"]:
-        inputs["vindr"] = "results/annotations/vindr/clip_vindr_final.csv"
-        inputs["vindr_manifest"] = "results/preprocess/vindr/manifest.csv"
+        inputs["vindr"] = rules.vindr_tables.output.image_labels
+        inputs["vindr_manifest"] = rules.vindr_tables.input.manifest
     if config["pretrain"]["text_model"] == "tiny":
-        inputs["text_model"] = "results/pretrain/text-model"
+        inputs["text_model"] = rules.tiny_text_model.output.model
     return inputs
+
+
+def zero_shot_tables(wildcards):
+    """The annotation tables the dataset's zero-shot evaluation reads (registry)."""
+    entry = registry.get_dataset(wildcards.dataset)
+    if entry.zero_shot_evaluator is None:
+        raise WorkflowError(f"no zero-shot labels for dataset {wildcards.dataset!r}")
+    return entry.zero_shot_inputs()
 
 
 # Downstream classifier runs: one job per (protocol, dataset, label, model, mode, fraction, fold, seed),
@@ -113,7 +113,7 @@ CLASSIFY = config["classify"]
 CLASSIFY_LABELS = {
     label: settings
     for label, settings in CLASSIFY["labels"].items()
-    if settings["enabled"] and CLASSIFIER_LABELS[label].dataset in ENABLED_DATASETS
+    if settings["enabled"] and registry.get_label(label).dataset in ENABLED_DATASETS
 }
 CLASSIFY_RUN = (
     "results/classify/{protocol}/{dataset}/{label}/{model}/{mode}/frac{frac}/"
@@ -126,27 +126,22 @@ def format_fraction(fraction):
     return f"{float(fraction):g}"
 
 
-def classifier_folds(dataset, protocol):
-    if protocol == "paper":
-        return [0]
-    if dataset == "vindr":
-        return CLASSIFY["vindr_clean_folds"]
-    return CLASSIFY["rsna_clean_folds"] or list(
-        range(config["annotations"]["rsna_folds"])
-    )
-
-
 def classification_runs():
     """Every configured run as a dict of wildcard values."""
     runs = []
     for label, settings in CLASSIFY_LABELS.items():
-        dataset = CLASSIFIER_LABELS[label].dataset
+        dataset = registry.get_label(label).dataset
+        protocols = [
+            p
+            for p in CLASSIFY["protocols"]
+            if p in registry.get_dataset(dataset).protocols
+        ]
         for protocol, (mode, fractions) in itertools.product(
-            CLASSIFY["protocols"], settings["fractions"].items()
+            protocols, settings["fractions"].items()
         ):
-            for frac, fold, seed, model in itertools.product(
+            for fraction, fold, seed, model in itertools.product(
                 fractions,
-                classifier_folds(dataset, protocol),
+                registry.classifier_folds(dataset, protocol, config),
                 CLASSIFY["seeds"],
                 CHECKPOINTS,
             ):
@@ -157,7 +152,7 @@ def classification_runs():
                         label=label,
                         model=model,
                         mode=mode,
-                        frac=format_fraction(frac),
+                        frac=format_fraction(fraction),
                         fold=fold,
                         seed=seed,
                     )
@@ -177,17 +172,11 @@ def classification_files(name, **only):
     ]
 
 
-def classifier_tables(wildcards):
-    """The annotation table(s) a classifier run reads."""
-    if wildcards.dataset == "rsna":
-        return {"folds": "results/annotations/rsna/train_folds.csv"}
-    key = "rows" if wildcards.protocol == "paper" else "images"
-    return {key: f"results/annotations/vindr/{VINDR_TABLES[key]}"}
-
-
 def classifier_inputs(wildcards):
+    """The annotation table the run's protocol reads (registry), the checkpoint and (linear probes on
+    cached embeddings) the embeddings."""
     inputs = {
-        **classifier_tables(wildcards),
+        **registry.get_dataset(wildcards.dataset).classifier_inputs(wildcards.protocol),
         "checkpoint": CHECKPOINTS[wildcards.model],
     }
     if wildcards.mode == "lp" and CLASSIFY["linear_probe_on_embeddings"]:
@@ -231,14 +220,14 @@ PAPER_RESULTS = config["tables"]["paper_results"] or str(
 
 # Job sizes for a scheduler (mammoclip/resources.py), from the number of images each dataset's metadata
 # lists (phantoms: from their config, as the workflow generates them) and the image size.
-_PHANTOM_IMAGES = {
-    "vindr": 4 * config["phantoms"]["vindr"]["n_studies"],
-    "rsna": 4 * config["phantoms"]["rsna"]["n_patients"],
-    "inhouse": 4 * config["phantoms"]["inhouse"]["n_patients"],
-}
+def phantom_size(dataset):
+    """The `phantoms.<dataset>` size setting (studies or patients) of a dataset's phantom."""
+    return config["phantoms"][dataset][registry.get_dataset(dataset).phantom_size_key]
+
+
 IMAGE_COUNTS = {
     d: (
-        _PHANTOM_IMAGES[d]
+        registry.get_dataset(d).images_per_size_unit * phantom_size(d)
         if SPECS[d].source == "phantom"
         else sizes.count_rows(SPECS[d].metadata_csv, default=1000)
     )

@@ -67,18 +67,9 @@ rule inference:
         ),
 
 
-ZERO_SHOT_TABLES = {
-    "vindr": {
-        "rows": "results/annotations/vindr/vindr_detection_v1_folds.csv",
-        "images": "results/annotations/vindr/vindr_images.csv",
-    },
-    "rsna": {"folds": "results/annotations/rsna/train_folds.csv"},
-}
-
-
 rule zero_shot:
     input:
-        unpack(lambda wc: ZERO_SHOT_TABLES[wc.dataset]),
+        unpack(zero_shot_tables),
         scores="results/scores/{dataset}/{model}.csv",
     output:
         results="results/zeroshot/{dataset}/{model}.csv",
@@ -101,6 +92,10 @@ rule zero_shot_all:
     input:
         expand(
             "results/zeroshot/{dataset}/{model}.csv",
-            dataset=[d for d in ENABLED_DATASETS if d in ZERO_SHOT_TABLES],
+            dataset=[
+                d
+                for d in ENABLED_DATASETS
+                if registry.get_dataset(d).zero_shot_evaluator
+            ],
             model=CHECKPOINTS,
         ),

@@ -1,20 +1,14 @@
-# Phantom datasets: synthetic DICOMs in the real datasets' layouts and CSV schemas, with planted findings.
-# Only datasets whose config says `source: phantom` use them.
+# Phantom datasets: synthetic DICOMs in the real datasets' layouts and CSV schemas, with planted findings,
+# one rule per registered dataset. Only datasets whose config says `source: phantom` use them.
 
-PHANTOM_METADATA = {
-    "vindr": ["breast-level_annotations.csv", "finding_annotations.csv"],
-    "rsna": ["train.csv"],
-    "inhouse": ["reports.csv"],
-}
-PHANTOM_SIZE_KEY = {"vindr": "n_studies", "rsna": "n_patients", "inhouse": "n_patients"}
-
-for _name, _files in PHANTOM_METADATA.items():
+for _name in registry.list_datasets():
+    _entry = registry.get_dataset(_name)
 
     rule:
         name:
             f"phantom_{_name}"
         output:
-            metadata=[f"{PHANTOM_DIR}/{_name}/{f}" for f in _files],
+            metadata=[f"{PHANTOM_DIR}/{_name}/{f}" for f in _entry.metadata_files],
             truth=f"{PHANTOM_DIR}/{_name}/phantom_truth.csv",
             lesions=f"{PHANTOM_DIR}/{_name}/phantom_lesions.csv",
         log:
@@ -30,7 +24,7 @@ for _name, _files in PHANTOM_METADATA.items():
             runtime=grow(
                 10
                 + int(
-                    config["phantoms"][_name][PHANTOM_SIZE_KEY[_name]]
+                    phantom_size(_name)
                     * 0.5
                     * max(config["phantoms"]["image_scale"] / 0.2, 1) ** 2
                     / 60
@@ -39,13 +33,13 @@ for _name, _files in PHANTOM_METADATA.items():
         params:
             dataset=_name,
             out_dir=lambda wildcards, output: os.path.dirname(output.truth),
-            size=config["phantoms"][_name][PHANTOM_SIZE_KEY[_name]],
-            test_fraction=config["phantoms"]["vindr"]["test_fraction"],
+            size=phantom_size(_name),
+            options={k: config["phantoms"][_name][k] for k in _entry.phantom_options},
             image_scale=config["phantoms"]["image_scale"],
             transfer_syntaxes=config["phantoms"]["transfer_syntaxes"],
             seed=config["seed"],
         script:
-            "../workflow_scripts/generate_phantom.py"
+            "../workflow_scripts/phantom.py"
 
 
 rule phantoms:

@@ -1,5 +1,5 @@
-# DICOM -> PNG conversion (upstream section 1.1), sharded; a manifest row per image records the crop box
-# in original pixels (for mapping boxes later), status and reason.
+# DICOM -> PNG conversion (docs/upstream.md#preprocessing), sharded; a manifest row per image records the
+# crop box in original pixels (for mapping boxes later), status and reason.
 
 
 rule convert_shard:

@@ -1,4 +1,4 @@
-# CLIP pretraining (upstream sections 5 and 6): skipped when `pretrained_checkpoint` is set.
+# CLIP pretraining (docs/upstream.md#pretraining): skipped when `pretrained_checkpoint` is set.
 
 
 rule tiny_text_model:

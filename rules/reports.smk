@@ -1,4 +1,5 @@
-# In-house reports: cleaning, grouping per breast with folds, and back-translation (upstream section 2).
+# In-house reports: cleaning, grouping per breast with folds, and back-translation
+# (docs/upstream.md#reports).
 
 
 rule prepare_reports:

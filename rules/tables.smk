@@ -3,7 +3,7 @@
 
 # {label: dataset} of the labels with lp/ft runs, one data-efficiency plot each
 TABLE_PLOTS = {
-    label: CLASSIFIER_LABELS[label].dataset
+    label: registry.get_label(label).dataset
     for label, settings in CLASSIFY_LABELS.items()
     if any(settings["fractions"].values())
 }

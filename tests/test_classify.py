@@ -53,7 +53,19 @@ def _images(n: int, seed: int) -> TensorDataset:
 
 
 def _config(**kw) -> ClassifierConfig:
-    base = dict(epochs=2, batch_size=8, lr=1e-2, weight_decay=0.0, warmup_epochs=0, seed=0)
+    base = dict(
+        mode="linear_probe",
+        label="cancer",
+        n_classes=1,
+        precision="fp32",
+        num_workers=0,
+        epochs=2,
+        batch_size=8,
+        lr=1e-2,
+        weight_decay=0.0,
+        warmup_epochs=0,
+        seed=0,
+    )
     base.update(kw)
     return ClassifierConfig(**base)
 
@@ -85,12 +97,12 @@ def test_positive_weight_is_neg_over_pos_of_trained_rows():
     hard_coded = positive_weight(table[table.fold != 0].cancer)  # what upstream's table holds
     assert positive_weight(trained) == 9.0
     assert hard_coded == 6.5
-    loss = build_loss(ClassifierConfig(weighted_loss=True), trained)
+    loss = build_loss(_config(weighted_loss=True), trained)
     assert loss.pos_weight.item() == 9.0
-    explicit = build_loss(ClassifierConfig(weighted_loss=True, pos_weight=hard_coded), trained)
+    explicit = build_loss(_config(weighted_loss=True, pos_weight=hard_coded), trained)
     assert explicit.pos_weight.item() == 6.5
-    assert build_loss(ClassifierConfig(weighted_loss=False), trained).pos_weight is None
-    assert isinstance(build_loss(ClassifierConfig(n_classes=4), [0, 1, 2, 3]), nn.CrossEntropyLoss)
+    assert build_loss(_config(weighted_loss=False), trained).pos_weight is None
+    assert isinstance(build_loss(_config(n_classes=4), [0, 1, 2, 3]), nn.CrossEntropyLoss)
     with pytest.raises(ValueError, match="no positive"):
         positive_weight([0, 0, 0])
     with pytest.raises(ValueError, match="0 or 1"):
@@ -99,12 +111,30 @@ def test_positive_weight_is_neg_over_pos_of_trained_rows():
 
 def test_config_validation():
     with pytest.raises(ValueError, match="mode"):
-        ClassifierConfig(mode="probe")
+        _config(mode="probe")
     with pytest.raises(ValueError, match="precision"):
-        ClassifierConfig(precision="fp8")
+        _config(precision="fp8")
     with pytest.raises(ValueError, match="n_classes"):
-        ClassifierConfig(n_classes=0)
-    assert ClassifierConfig().to_dict()["mode"] == "linear_probe"
+        _config(n_classes=0)
+    assert _config().to_dict()["mode"] == "linear_probe"
+    # run settings have no default; training settings left out get the label's schema default
+    run = dict(mode="finetune", n_classes=1, seed=10, precision="fp32", num_workers=0)
+    with pytest.raises(TypeError, match="seed"):
+        ClassifierConfig(**{k: v for k, v in run.items() if k != "seed"}, label="Mass")
+    assert ClassifierConfig(**run, label="Mass").to_dict() == {
+        **run,
+        "label": "Mass",
+        "epochs": 30,
+        "batch_size": 8,
+        "lr": 5e-5,
+        "weight_decay": 1e-4,
+        "warmup_epochs": 1,
+        "balanced_sampler": False,
+        "weighted_loss": True,
+        "pos_weight": None,
+    }
+    cancer = ClassifierConfig(**run, label="cancer")
+    assert (cancer.epochs, cancer.batch_size) == (20, 6)
 
 
 # ---- linear probe vs finetune on images ---------------------------------------------------------

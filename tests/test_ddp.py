@@ -102,7 +102,7 @@ def train_data():
 
 def train_config(batch_size: int):
     return cpu_config(
-        epochs=2, batch_size=batch_size, val_batch_size=batch_size, warmup=0, mask_false_negatives=True
+        epochs=2, batch_size=batch_size, val_batch_size=batch_size, warmup_epochs=0, mask_false_negatives=True
     )
 
 

@@ -226,7 +226,7 @@ def test_read_header_rejects_every_bad_file(tmp_path, write_dcm):
 
 
 def test_bad_files_fail_cleanly_in_a_shard_without_crashing(tmp_path, write_dcm):
-    """The whole battery, plus decoder-level errors and a constant image, through convert_shard in a child
+    """The whole battery, plus decoder-level errors and a constant image, through convert_images in a child
     process: a dicomsdl crash would show up as a signal exit code instead of failed rows."""
     files = _bad_files(tmp_path, write_dcm)
     j2k = write_dcm(IMG, bits_stored=12, transfer_syntax="jpeg2000")
@@ -248,9 +248,9 @@ def test_bad_files_fail_cleanly_in_a_shard_without_crashing(tmp_path, write_dcm)
     script = textwrap.dedent(
         """
         import sys, pandas as pd
-        from mammoclip.preprocess import convert_shard
+        from mammoclip.preprocess import convert_images
         images = pd.read_csv(sys.argv[1], dtype=str)
-        manifest = convert_shard(images, width=32, height=48, processes=2, progress=False)
+        manifest = convert_images(images, width=32, height=48, processes=2, progress=False)
         manifest.to_csv(sys.argv[2], index=False)
         """
     )

@@ -1,4 +1,5 @@
-"""One classifier run (mammoclip.downstream): tables, protocol parts, metrics and the run's files."""
+"""One classifier run (mammoclip.downstream, and the classify stage): tables, protocol parts, metrics and
+the run's files."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mammoclip.downstream import label_table, run_classification, run_metrics, run_parts
+from mammoclip.downstream import label_table, run_metrics, run_parts
+from mammoclip.runs import RunKey
+from mammoclip.stages import classify
 
 H, W = 64, 48
 
@@ -210,7 +213,7 @@ def _write_pngs(table: pd.DataFrame, root) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("mode", ["lp", "ft"])
-def test_run_classification_writes_files_with_provenance(tmp_path, tiny_clip_checkpoint, mode):
+def test_classify_stage_writes_files_with_provenance(tmp_path, tiny_clip_checkpoint, mode):
     images = _write_pngs(vindr_tables()["images"], tmp_path)
     images_csv = tmp_path / "vindr_images.csv"
     images.to_csv(images_csv, index=False)
@@ -219,14 +222,16 @@ def test_run_classification_writes_files_with_provenance(tmp_path, tiny_clip_che
     }
     settings = {"epochs": 2, "batch_size": 4, "lr": 1e-3}
     kwargs = dict(
-        dataset="vindr",
-        label="Mass",
-        model="tiny",
-        mode=mode,
-        protocol="clean",
-        fraction=1.0,
-        fold=0,
-        seed=5,
+        key=RunKey(
+            protocol="clean",
+            dataset="vindr",
+            label="Mass",
+            model="tiny",
+            mode=mode,
+            fraction=1.0,
+            fold=0,
+            seed=5,
+        ),
         checkpoint=str(tiny_clip_checkpoint),
         tables={"images": str(images_csv)},
         settings=settings,
@@ -238,7 +243,7 @@ def test_run_classification_writes_files_with_provenance(tmp_path, tiny_clip_che
         paper_model="mc_enb5",
         device="cpu",
     )
-    metrics = run_classification(**kwargs)
+    metrics = classify(**kwargs)
     assert metrics[["dataset", "label", "setting", "protocol", "fold", "seed"]].iloc[0].tolist() == [
         "vindr",
         "Mass",
@@ -259,10 +264,10 @@ def test_run_classification_writes_files_with_provenance(tmp_path, tiny_clip_che
     assert record["n_rows"]["report"] == n_test
     # the same config gives the same numbers on the CPU
     first = pd.read_csv(outputs["metrics"])
-    run_classification(**kwargs)
+    classify(**kwargs)
     pd.testing.assert_frame_equal(first, pd.read_csv(outputs["metrics"]))
     with pytest.raises(ValueError, match="unknown setting"):
-        run_classification(**{**kwargs, "settings": {"epoch": 3}})
+        classify(**{**kwargs, "settings": {"epoch": 3}})
 
 
 MODES_FULL = {"lp": "linear_probe", "ft": "finetune"}
@@ -283,22 +288,24 @@ def test_linear_probe_on_cached_embeddings_learns(tmp_path):
     outputs = {
         k: str(tmp_path / f"out.{k}") for k in ("metrics", "predictions", "history", "model", "provenance")
     }
-    metrics = run_classification(
-        dataset="vindr",
-        label="Mass",
-        model="m",
-        mode="lp",
-        protocol="clean",
-        fraction=1.0,
-        fold=0,
-        seed=0,
+    metrics = classify(
+        key=RunKey(
+            protocol="clean",
+            dataset="vindr",
+            label="Mass",
+            model="m",
+            mode="lp",
+            fraction=1.0,
+            fold=0,
+            seed=0,
+        ),
         checkpoint="unused.tar",
         tables={"images": str(images_csv)},
         settings={"epochs": 20, "lr": 1e-2},
         outputs=outputs,
         height=H,
         width=W,
-        embeddings_path=str(emb),
+        embeddings=str(emb),
         n_boot=0,
         device="cpu",
     )

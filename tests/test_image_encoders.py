@@ -22,7 +22,7 @@ from mammoclip.models.image_encoders import (
     infer_legacy_variant,
 )
 
-# upstream-mammoclip.md section 4.2 / 4.5
+# the released encoders' sizes and key counts (docs/upstream.md#models)
 NOMINAL = {"b5": 456, "b2": 260}
 N_KEYS = {"b5": 852, "b2": 506}
 N_BLOCKS = {"b5": 39, "b2": 23}
@@ -36,7 +36,7 @@ STRIDE2_PADS = {
     "b5": {"stem": (0, 1), 3: (0, 1), 8: (1, 2), 13: (1, 1), 27: (2, 2)},
     "b2": {"stem": (0, 1), 2: (0, 1), 5: (2, 2), 8: (1, 1), 16: (2, 2)},
 }
-# entries where a dynamic "same" padding at 1520x912 differs (bold in section 4.2)
+# entries where a dynamic "same" padding at 1520x912 differs
 DYNAMIC_DIFFERS = {"b5": {13}, "b2": {5, 8}}
 BLOCK_LAYERS = {
     "_expand_conv",

@@ -35,7 +35,7 @@ from mammoclip.phantoms.anatomy import (
 )
 from mammoclip.phantoms.dicom_writer import TRANSFER_SYNTAXES
 from mammoclip.phantoms.generate import DEFAULT_TRANSFER_SYNTAXES, RSNA_MACHINE_SIZES, VINDR_SIZES
-from mammoclip.pipeline import generate_phantom_dataset
+from mammoclip.stages import phantom
 
 SCALE = 0.1
 VINDR_SEED = 3  # this seed's 10 studies hold every finding type, incl. a combined calcification + mass
@@ -341,9 +341,9 @@ def test_rsna_phantom_from_config_defaults_has_both_real_rsna_syntaxes(tmp_path:
     config = load_config({"phantoms": {"image_scale": 0.05, "rsna": {"n_patients": 6}}}, load_schema())
     assert config["phantoms"]["transfer_syntaxes"] == list(DEFAULT_TRANSFER_SYNTAXES)
     assert config["phantoms"]["transfer_syntaxes"] == ["uncompressed", "jpeg2000", "jpegls", "jpeg_lossless"]
-    truth = generate_phantom_dataset(
-        "rsna",
-        tmp_path,
+    truth = phantom(
+        dataset="rsna",
+        out_dir=tmp_path,
         size=config["phantoms"]["rsna"]["n_patients"],
         image_scale=config["phantoms"]["image_scale"],
         seed=config["seed"],

@@ -14,14 +14,14 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 from synthetic import synthetic_mammogram
 
+from mammoclip.io import atomic_path
 from mammoclip.preprocess import (
     MANIFEST_COLUMNS,
     ConstantImage,
     PreprocessingFailed,
-    _write_atomic,
     check_failures,
-    convert_shard,
-    join_manifests,
+    combine_manifests,
+    convert_images,
     ok_images,
     read_manifest,
     select_run,
@@ -358,12 +358,9 @@ def test_constant_image_fails_and_removes_a_stale_png(write_dcm, tmp_path):
 def test_interrupted_write_leaves_nothing(tmp_path):
     dst = tmp_path / "a" / "b.png"
 
-    def half_then_crash(tmp):
+    with pytest.raises(KeyboardInterrupt), atomic_path(dst) as tmp:
         tmp.write_bytes(b"half a png")
         raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        _write_atomic(dst, half_then_crash)
     assert list(dst.parent.iterdir()) == []
 
 
@@ -396,7 +393,7 @@ def shard(tmp_path, write_dcm):
 
 def test_convert_shard_manifest(shard, tmp_path):
     shard.loc[2, "png_path"] = ""  # release PNG used in place
-    manifest = convert_shard(shard, width=W, height=H, processes=2, progress=False)
+    manifest = convert_images(shard, width=W, height=H, processes=2, progress=False)
     assert list(manifest.columns) == [*MANIFEST_COLUMNS, "laterality"]
     assert list(manifest["image_id"]) == list(shard["image_id"])  # input order
     assert list(manifest["laterality"]) == list(shard["laterality"])
@@ -416,12 +413,12 @@ def test_convert_shard_manifest(shard, tmp_path):
         p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()
     )
     assert out == ["pat0/0.png", "pat1/1.png", "pat5/5.png", "pat6/6.png"]  # no .tmp, no failed PNG
-    one_process = convert_shard(shard, width=W, height=H, processes=1, progress=False)
+    one_process = convert_images(shard, width=W, height=H, processes=1, progress=False)
     pd.testing.assert_frame_equal(one_process, manifest)
 
 
 def test_png_release_copied_to_png_path(shard, tmp_path):
-    manifest = convert_shard(shard.iloc[[2]], progress=False)
+    manifest = convert_images(shard.iloc[[2]], progress=False)
     dst = tmp_path / "out" / "pat2" / "2.png"
     assert manifest.loc[0, "status"] == "ok" and manifest.loc[0, "png_path"] == str(dst)
     assert dst.read_bytes() == (tmp_path / "release" / "r1.PNG").read_bytes()
@@ -429,31 +426,31 @@ def test_png_release_copied_to_png_path(shard, tmp_path):
 
 def test_convert_shard_rejects_bad_input_frames(shard):
     with pytest.raises(ValueError, match="duplicate image_id"):
-        convert_shard(pd.concat([shard, shard.iloc[[0]]]), progress=False)
+        convert_images(pd.concat([shard, shard.iloc[[0]]]), progress=False)
     with pytest.raises(ValueError, match="lacks columns"):
-        convert_shard(shard.drop(columns="png_path"), progress=False)
+        convert_images(shard.drop(columns="png_path"), progress=False)
 
 
-def test_join_manifests(shard, tmp_path):
-    first = convert_shard(shard.iloc[:4], width=W, height=H, progress=False)
-    second = convert_shard(shard.iloc[4:], width=W, height=H, progress=False)
+def test_combine_manifests(shard, tmp_path):
+    first = convert_images(shard.iloc[:4], width=W, height=H, progress=False)
+    second = convert_images(shard.iloc[4:], width=W, height=H, progress=False)
     write_manifest(second, tmp_path / "second.csv")
     assert (tmp_path / "second.csv").exists() and not list(tmp_path.glob(".*.tmp"))
-    joined = join_manifests([first, tmp_path / "second.csv"])
+    joined = combine_manifests([first, tmp_path / "second.csv"])
     assert list(joined.columns) == [*MANIFEST_COLUMNS, "laterality"]
     assert list(zip(joined["patient_id"], joined["image_id"], strict=True)) == [
         ("pA", "i1"), ("pA", "i3"), ("pA", "i8"), ("pB", "i2"), ("pB", "i5"), ("pC", "i7"), ("pC", "i9"),
     ]  # fmt: skip
-    pd.testing.assert_frame_equal(joined, join_manifests([second, first]))
+    pd.testing.assert_frame_equal(joined, combine_manifests([second, first]))
     roundtrip = read_manifest(tmp_path / "second.csv")
     pd.testing.assert_frame_equal(roundtrip, second, check_dtype=False)
     assert str(roundtrip["crop_x0"].dtype) == "Int64" and str(roundtrip["crop_contiguous"].dtype) == "boolean"
     with pytest.raises(ValueError, match="duplicate image_id.*i5"):
-        join_manifests([first, first.iloc[[0]]])
+        combine_manifests([first, first.iloc[[0]]])
 
 
 def test_check_failures_threshold_both_ways(shard):
-    manifest = convert_shard(shard, width=W, height=H, progress=False)  # 2 of 7 failed
+    manifest = convert_images(shard, width=W, height=H, progress=False)  # 2 of 7 failed
     check_failures(manifest, 2 / 7)  # exactly at the limit: fine
     check_failures(manifest, 0.5)
     with pytest.raises(PreprocessingFailed) as info:
@@ -466,7 +463,7 @@ def test_check_failures_threshold_both_ways(shard):
 
 
 def test_ok_images_excludes_and_logs(shard, caplog):
-    manifest = convert_shard(shard, width=W, height=H, progress=False)
+    manifest = convert_images(shard, width=W, height=H, progress=False)
     with caplog.at_level(logging.INFO, logger="test"):
         ok = ok_images(manifest, logging.getLogger("test"))
     assert list(ok["image_id"]) == ["i5", "i3", "i9", "i2", "i8"] and (ok["status"] == "ok").all()

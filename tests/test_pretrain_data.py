@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mammoclip.annotations.vindr import FINDING_CATEGORIES, NO_FINDING, finding_slots
-from mammoclip.data.pretrain import (
+from mammoclip.data.clip_data import (
     DEFAULT_PROMPTS,
     ImageTextDataset,
     PretrainDataError,
@@ -589,7 +589,7 @@ def test_constant_image_error_names_the_file(report_setup, tmp_path):
 def test_images_missing_from_png_paths_are_excluded_and_counted(report_setup, caplog):
     table, png_paths, _ = report_setup
     paths = {k: v for k, v in png_paths.items() if k not in ("a_cc2.png", "c_cc.png")}
-    with caplog.at_level("INFO", logger="mammoclip.data.pretrain"):
+    with caplog.at_level("INFO", logger="mammoclip.data.clip_data"):
         ds = ImageTextDataset(table, paths, height=H, width=W, train=True, augment=False, name="reports")
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
@@ -600,7 +600,7 @@ def test_images_missing_from_png_paths_are_excluded_and_counted(report_setup, ca
     assert len(ds) == 4 and [b.patient_id for b in ds.breasts] == ["A", "B", "D", "E"]
     assert {n for n, _ in (p[0] for p in picks(ds, 0, range(30)))} <= {"a_cc1.png", "a_mlo.png"}
     caplog.clear()
-    with caplog.at_level("INFO", logger="mammoclip.data.pretrain"):
+    with caplog.at_level("INFO", logger="mammoclip.data.clip_data"):
         report_ds(report_setup)
     assert "5 breasts, 10 images, none excluded" in caplog.text
 
@@ -661,7 +661,7 @@ def test_build_pretraining_datasets_splits(report_setup, vindr_setup, tiny_bert_
     # the report table via its CSV (list columns as repr), png_paths keyed by id and by file name
     csv = tmp_path / "reports.csv"
     write_table(report_table, csv)
-    with caplog.at_level("INFO", logger="mammoclip.data.pretrain"):
+    with caplog.at_level("INFO", logger="mammoclip.data.clip_data"):
         train, val = build_pretraining_datasets(
             csv, vindr_table, {**report_paths, **vindr_paths}, height=H, width=W, val_fold=1, seed=0
         )

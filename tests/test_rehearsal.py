@@ -34,8 +34,8 @@ from mammoclip.phantoms.realscale import (
     make_vindr,
     write_rehearsal,
 )
-from mammoclip.pipeline import prepare_rsna_folds, prepare_vindr_tables
 from mammoclip.preprocess import BORDER, MANIFEST_COLUMNS, read_manifest
+from mammoclip.stages import build_rsna_folds, build_vindr_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -262,7 +262,7 @@ def test_vindr_annotation_stage_at_real_scale(files, findings, manifests, expect
     assert ((boxes["xmax"] <= boxes["width"]) & (boxes["ymax"] <= boxes["height"])).all()
     assert (boxes["xmin"] == 0).sum() >= 19 and (boxes["ymax"] == boxes["height"]).sum() >= 1
 
-    tables = prepare_vindr_tables(
+    tables = build_vindr_tables(
         files["vindr_breast"], files["vindr_findings"], files["vindr_manifest"], n_folds=5, seed=42
     )
     assert {name: len(table) for name, table in tables.items()} == {
@@ -302,7 +302,7 @@ def test_vindr_annotation_stage_at_real_scale(files, findings, manifests, expect
 
 def test_rsna_annotation_stage_at_real_scale(files, train, manifests, expected, tmp_path):
     failed = _failed(manifests["rsna"])
-    folds = prepare_rsna_folds(files["rsna_train"], files["rsna_manifest"], n_folds=4, seed=42)
+    folds = build_rsna_folds(files["rsna_train"], files["rsna_manifest"], n_folds=4, seed=42)
     assert len(folds) == expected["rsna"] == 54_706 - len(failed) and not set(folds["image_id"]) & failed
     assert list(folds.columns) == [*FOLDS_COLUMNS, "png_path"]
     assert set(folds["fold"]) == {0, 1, 2, 3}
@@ -325,8 +325,8 @@ def test_bench_annotations_command_reports_the_row_counts(capsys, expected):
     out = capsys.readouterr().out
     assert "20000 images, 20486 finding rows" in out
     tables = ", ".join(f"{expected[n]} {n}" for n in ("rows", "images", "boxes", "image_labels"))
-    assert "all: prepare_vindr_tables" in out and tables in out
-    assert "54706 images" in out and f"{expected['rsna']} images" in out and "prepare_rsna_folds" in out
+    assert "all: build_vindr_tables" in out and tables in out
+    assert "54706 images" in out and f"{expected['rsna']} images" in out and "build_rsna_folds" in out
 
 
 # -------------------------------------------------------------------------- the workflow's annotation rules

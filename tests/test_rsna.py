@@ -23,7 +23,7 @@ from mammoclip.annotations.rsna import (
 from mammoclip.annotations.tables import AnnotationError, write_table
 from mammoclip.datasets import DatasetSpec, list_images, read_metadata
 from mammoclip.phantoms import RSNA_COLUMNS, generate_rsna
-from mammoclip.preprocess import MANIFEST_COLUMNS, convert_shard
+from mammoclip.preprocess import MANIFEST_COLUMNS, convert_images
 
 LOGGER = "mammoclip.annotations"
 
@@ -359,7 +359,7 @@ def test_phantom_rsna_end_to_end(tmp_path, caplog):
     broken = images["source_path"].iloc[3]
     with open(broken, "wb") as fh:
         fh.write(b"not a dicom")
-    manifest = convert_shard(images, width=160, height=256, progress=False)
+    manifest = convert_images(images, width=160, height=256, progress=False)
     assert (manifest["status"] != "ok").sum() == 1
 
     train = read_rsna_train(root / "train.csv")

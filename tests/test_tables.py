@@ -1,4 +1,4 @@
-"""mammoclip.tables: per-run metrics -> the paper's tables (Markdown/CSV) and the data-efficiency plot."""
+"""mammoclip.paper_tables: per-run metrics -> the paper's tables (Markdown/CSV) and data-efficiency plots."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammoclip.tables import (
+from mammoclip.paper_tables import (
     aggregate_runs,
     caption_for,
     data_efficiency_plot,
@@ -19,7 +19,7 @@ from mammoclip.tables import (
     write_table_files,
 )
 
-# An excerpt of reference/paper-results.csv (the real file lives outside the repository).
+# An excerpt of config/paper-results.csv (the whole file: test_read_the_real_paper_results).
 PAPER_CSV = """\
 # Mammo-CLIP headline results, read off the authors' charts (+-0.01 per cell).
 # setting: zs = zero-shot; lp = linear probe; ft = finetune.
@@ -38,7 +38,7 @@ vindr,classification,density,accuracy,ft,1.0,0.72,0.83,0.85,0.88,0.88
 rsna,classification,cancer,auroc,zs,1.0,0.28,0.42,0.60,0.62,0.60
 vindr,factor_localization,Mass,iou_hit@0.25,weak,1.0,,,0.38,0.45,
 """
-REAL_PAPER_CSV = Path("/work/shared/reference/paper-results.csv")
+REAL_PAPER_CSV = Path(__file__).resolve().parent.parent / "config" / "paper-results.csv"
 
 MC, B2, RAW = "mammoclip", "b2-model-best-epoch-7", "imagenet-b5"
 
@@ -137,7 +137,6 @@ def test_read_paper_results_long_form(paper):
     assert sorted(loc["paper_model"]) == ["mc_enb2", "mc_enb5"]
 
 
-@pytest.mark.skipif(not REAL_PAPER_CSV.exists(), reason="reference/paper-results.csv not available")
 def test_read_the_real_paper_results():
     paper = read_paper_results(REAL_PAPER_CSV)
     assert not paper.duplicated(

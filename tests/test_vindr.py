@@ -41,7 +41,7 @@ from mammoclip.datasets import DatasetSpec, list_images, read_metadata
 from mammoclip.dicom import decode_stored, read_header
 from mammoclip.phantoms import VINDR_BREAST_COLUMNS, VINDR_FINDING_COLUMNS, generate_vindr, image_rng
 from mammoclip.phantoms.anatomy import make_breast_geometry, render_breast_image
-from mammoclip.preprocess import MANIFEST_COLUMNS, convert_shard
+from mammoclip.preprocess import MANIFEST_COLUMNS, convert_images
 
 LOGGER = "mammoclip.annotations"
 
@@ -556,7 +556,7 @@ def phantom(tmp_path_factory):
         "vindr", "phantom", root, root / "breast-level_annotations.csv", "images/{study_id}/{image_id}.dicom"
     )
     images = list_images(spec, read_metadata(spec.metadata_csv), png_root=root / "png")
-    manifest = convert_shard(images, width=PNG_W, height=PNG_H, progress=False)
+    manifest = convert_images(images, width=PNG_W, height=PNG_H, progress=False)
     assert (manifest["status"] == "ok").all()
     breast, findings = read_vindr_annotations(
         root / "breast-level_annotations.csv", root / "finding_annotations.csv"

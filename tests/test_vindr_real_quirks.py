@@ -21,8 +21,8 @@ from mammoclip.annotations.vindr import (
     read_vindr_annotations,
     vindr_row_table,
 )
-from mammoclip.pipeline import prepare_vindr_tables
 from mammoclip.preprocess import MANIFEST_COLUMNS, read_manifest, write_manifest
+from mammoclip.stages import build_vindr_tables
 from mammoclip.upstream_reference import map_box_like_upstream
 
 LOGGER = "mammoclip.annotations"
@@ -374,7 +374,7 @@ def test_prepare_tables_from_the_release_table_record_the_source(tmp_path):
     b, f, table, release_manifest, _ = _release_setup(tmp_path)
     write_table(table, tmp_path / "vindr_detection_v1_folds.csv")
     write_manifest(release_manifest, tmp_path / "manifest.csv")
-    tables = prepare_vindr_tables(
+    tables = build_vindr_tables(
         b,
         f,
         tmp_path / "manifest.csv",
@@ -390,14 +390,14 @@ def test_prepare_tables_from_the_release_table_record_the_source(tmp_path):
     assert summary["truncated_ymax_in_box_table"] == 2
     assert summary["boxes_beyond_image"]["boxes"] == 4
     # without the table the same release manifest gives no PNG boxes at all (and says how to get them)
-    plain = prepare_vindr_tables(b, f, tmp_path / "manifest.csv", n_folds=2, seed=0)
+    plain = build_vindr_tables(b, f, tmp_path / "manifest.csv", n_folds=2, seed=0)
     assert plain["boxes"]["resized_xmin"].isna().all()
 
 
 def test_prepare_tables_in_legacy_mode_keep_upstreams_numbers(tmp_path):
     b, f, _, _, manifest = _release_setup(tmp_path)
     write_manifest(manifest, tmp_path / "manifest.csv")
-    tables = prepare_vindr_tables(b, f, tmp_path / "manifest.csv", n_folds=2, seed=0, legacy=True)
+    tables = build_vindr_tables(b, f, tmp_path / "manifest.csv", n_folds=2, seed=0, legacy=True)
     rows = tables["rows"]
     assert rows.loc[0, "xmin"] == -26.8 and rows.loc[3, "ymax"] == 2812.0 + 41.1  # the CSV's values
     _, raw = read_vindr_annotations(b, f, clip_boxes=False)

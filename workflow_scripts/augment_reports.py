@@ -1,22 +1,17 @@
 import _bootstrap  # noqa: F401  (makes the package importable)
 
-from mammoclip.annotations.reports import write_pretraining_table
+from mammoclip import stages
 from mammoclip.logs import log_to_file
-from mammoclip.pipeline import augment_report_table
-from mammoclip.provenance import write_provenance
 
 snakemake = snakemake  # noqa: F821  (injected by Snakemake)
 log_to_file(snakemake.log[0])
-options = snakemake.params.augmentation
-table = augment_report_table(snakemake.input.table, seed=snakemake.params.seed, **options)
-write_pretraining_table(table, snakemake.output.table)
-write_provenance(
-    snakemake.output.provenance,
-    stage="reports",
-    data=snakemake.input.table,
-    legacy=snakemake.params.legacy,
-    folds=snakemake.params.folds,
-    augmentation=options,
-    seed=snakemake.params.seed,
-    rows=len(table),
+params = snakemake.params
+stages.augment_reports(
+    grouped=snakemake.input.table,
+    table=snakemake.output.table,
+    provenance=snakemake.output.provenance,
+    augmentation=params.augmentation,
+    legacy=params.legacy,
+    folds=params.folds,
+    seed=params.seed,
 )

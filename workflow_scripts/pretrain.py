@@ -1,25 +1,22 @@
 import _bootstrap  # noqa: F401  (makes the package importable)
 
+from mammoclip import stages
 from mammoclip.logs import log_to_file
-from mammoclip.pipeline import pretraining_params
-from mammoclip.train.run import launch_pretraining
 
 snakemake = snakemake  # noqa: F821  (injected by Snakemake)
 log_to_file(snakemake.log[0])
-params = pretraining_params(
-    dict(snakemake.input),
-    snakemake.params.settings,
-    text_backbone=snakemake.params.text_backbone,
-    height=snakemake.params.height,
-    width=snakemake.params.width,
-    legacy=snakemake.params.legacy,
-    seed=snakemake.params.seed,
-    out_dir=snakemake.params.run_dir,
-    threads=snakemake.threads,
-)
-launch_pretraining(
-    params,
-    gpus=snakemake.resources.gpu,
+params = snakemake.params
+stages.pretrain(
+    inputs=stages.PretrainInputs(**dict(snakemake.input.items())),
     checkpoint=snakemake.output.checkpoint,
     metrics=snakemake.output.metrics,
+    settings=params.settings,
+    text_backbone=params.text_backbone,
+    height=params.height,
+    width=params.width,
+    legacy=params.legacy,
+    seed=params.seed,
+    run_dir=params.run_dir,
+    threads=snakemake.threads,
+    gpus=snakemake.resources.gpu,
 )

@@ -1,16 +1,15 @@
 import _bootstrap  # noqa: F401  (makes the package importable)
 
+from mammoclip import stages
 from mammoclip.logs import log_to_file
-from mammoclip.pipeline import evaluate_zero_shot
 
 snakemake = snakemake  # noqa: F821  (injected by Snakemake)
 log_to_file(snakemake.log[0])
-tables = {k: v for k, v in snakemake.input.items() if k != "scores"}
-results = evaluate_zero_shot(
-    snakemake.wildcards.dataset,
-    snakemake.input.scores,
-    tables,
+stages.zero_shot(
+    dataset=snakemake.wildcards.dataset,
+    scores=snakemake.input.scores,
+    tables={k: v for k, v in snakemake.input.items() if k != "scores"},
+    results=snakemake.output.results,
     checkpoint=snakemake.params.checkpoint,
     seed=snakemake.params.seed,
 )
-results.to_csv(snakemake.output.results, index=False)

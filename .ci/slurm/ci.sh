@@ -52,6 +52,8 @@ timings+=("bring-up: $((SECONDS - t)) s")
 # --- tiny check workflow -------------------------------------------------------------------------------
 t=$SECONDS
 mkdir -p "$work/check"
+# the profiles as a clone has them: the root's relative link `slurm -> profiles/slurm` and the folder
+cp -a "$repo/slurm" "$repo/profiles" "$work/check/"
 "$here/run-workflow.sh" --timeout 300 --gpu-rule gpu_job --cpu-rule cpu_job \
 	"$work/check" -s "$here/check-workflow/Snakefile"
 for f in cpu gpu; do

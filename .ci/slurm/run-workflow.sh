@@ -4,17 +4,18 @@
 #
 # Usage: .ci/slurm/run-workflow.sh [--timeout SECONDS] [--gpu-rule RULE]... [--cpu-rule RULE]...
 #                                  WORKDIR [SNAKEMAKE_ARGS...]
-#   WORKDIR          where Snakemake runs (a clone of the repository, or any folder with -s SNAKEFILE)
+#   WORKDIR          where Snakemake runs: a clone of the repository (or a folder with copies of its `slurm`
+#                    link and `profiles/` folder, plus -s SNAKEFILE)
 #   SNAKEMAKE_ARGS   targets, --configfile, -s ... passed on unchanged
 #   --timeout        seconds before Snakemake is stopped (default $MAMMOCLIP_SLURM_RUN_TIMEOUT or 1800)
 #   --gpu-rule/--cpu-rule   after a successful run: check_gpu_requests.py asserts that every job of the
 #                    rule asked SLURM for a GPU / for none
 # Environment: SNAKEMAKE (default: the repository's .venv/bin/snakemake, else the one on PATH).
 #
-# The effective command is
-#   snakemake --profile <repo>/profiles/slurm --profile <repo>/profiles/ci-slurm SNAKEMAKE_ARGS
-# (later profiles override earlier ones per top-level key), run with HF_HUB_OFFLINE=1: the jobs inherit
-# Snakemake's environment (the plugin submits with sbatch --export=ALL).
+# The effective command, run in WORKDIR, is the spelling users type from the repository root
+#   snakemake --profile slurm --profile profiles/ci-slurm SNAKEMAKE_ARGS
+# (`slurm` is the root's link to profiles/slurm; later profiles override earlier ones per top-level key),
+# with HF_HUB_OFFLINE=1: the jobs inherit Snakemake's environment (the plugin submits with --export=ALL).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -46,6 +47,10 @@ done
 workdir=$1
 shift
 [[ -d $workdir ]] || die "working directory $workdir does not exist"
+for profile in slurm profiles/ci-slurm; do
+	[[ -f $workdir/$profile/profile.yaml ]] ||
+		die "$workdir/$profile/profile.yaml not found: WORKDIR must be a clone of the repository (its root holds the link slurm -> profiles/slurm)"
+done
 [[ $timeout_s =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds"
 
 snakemake=${SNAKEMAKE:-}
@@ -65,7 +70,7 @@ state=$(timeout 10 sinfo -h -o %T 2>/dev/null || true)
 	die "no usable SLURM node (sinfo says '${state:-nothing}'): run .ci/slurm/start.sh first"
 
 export HF_HUB_OFFLINE=1
-cmd=("$snakemake" --profile "$repo/profiles/slurm" --profile "$repo/profiles/ci-slurm" "$@")
+cmd=("$snakemake" --profile slurm --profile profiles/ci-slurm "$@")
 log "in $workdir: ${cmd[*]}"
 t0=$SECONDS
 rc=0

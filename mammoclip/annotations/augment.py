@@ -1,4 +1,4 @@
-"""Back-translation augmentation of the report texts (upstream-mammoclip.md section 2.3).
+"""Back-translation augmentation of the report texts, as upstream does it (docs/upstream.md#reports).
 
 Every string of the pre-training table's ``text`` lists is translated English -> ``language`` -> English
 with the Marian models ``Helsinki-NLP/opus-mt-en-{language}`` and ``Helsinki-NLP/opus-mt-{language}-en``
@@ -33,7 +33,7 @@ import random
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -156,7 +156,8 @@ def _load(path: str | Path, device: str):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = MarianMTModel.from_pretrained(path, local_files_only=True).to(device).eval()
+    model: Any = MarianMTModel.from_pretrained(path, local_files_only=True)
+    model = model.to(device).eval()
     return tokenizer, model
 
 
@@ -224,7 +225,12 @@ def back_translate(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     generate = {"temperature": temperature, "num_beams": num_beams, "do_sample": do_sample}
     n_batches = -(-len(texts) // batch_size)
-    options = {"device": device, "batch_size": batch_size, "max_length": max_length, "generate": generate}
+    options: dict[str, Any] = {
+        "device": device,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "generate": generate,
+    }
     with tqdm(total=2 * n_batches, desc="back-translation", unit="batch", disable=not progress) as bar:
         tokenizer, model = _load(forward, device)
         _seed_everything(seed)
@@ -251,7 +257,8 @@ def make_back_translator(
     log.info("back-translation models: %s, %s", forward, backward)
 
     def translate(texts: list[str]) -> list[str]:
-        return back_translate(texts, forward=forward, backward=backward, **options)
+        result = back_translate(texts, forward=forward, backward=backward, **options)
+        return cast(list[str], result)  # without return_intermediate: the texts only
 
     return translate
 

@@ -1,13 +1,13 @@
-"""Radiology reports -> the image+text pre-training table (upstream-mammoclip.md sections 2.1, 2.2, 2.4).
+"""Radiology reports -> the image+text pre-training table (docs/upstream.md#reports).
 
-Input: the in-house report CSV, one row per image, with upstream's columns (section 12.6). Only
+Input: the in-house report CSV, one row per image, with upstream's columns. Only
 ``patient_id, laterality, view, image_id`` and the text columns ``FINDINGS`` and ``IMPRESSION`` are used;
 when those two are absent, a single free-text ``REPORT`` column is split into sections with
 :func:`extract_sections`. Output (:data:`TABLE_COLUMNS`): one row per (patient, breast), the layout of
-upstream's ``clip_pretrain_100.csv`` (section 12.7); :mod:`mammoclip.annotations.augment` adds
+upstream's ``clip_pretrain_100.csv``; :mod:`mammoclip.annotations.augment` adds
 ``text_augment``.
 
-Cleaning (:func:`clean_section`, section 2.1). ``legacy=True`` reproduces upstream exactly, including its
+Cleaning (:func:`clean_section`). ``legacy=True`` reproduces upstream exactly, including its
 decimal defect: every period is a sentence break, so "1.5 cm" becomes the sentences "... 1" and "5 cm ...",
 and a short fragment such as "5 × 1" (from "1.5 × 1.2 cm") is dropped altogether. ``legacy=False``
 differs in exactly one way: a period with a digit immediately on both sides is a decimal point, not a
@@ -25,8 +25,8 @@ only if > 2 tokens remain, join with single spaces; sentences are joined with si
 :func:`clean_impression` first replaces the exact string "BI-RADS" by "BIRADS" (upstream does this for
 IMPRESSION only; FINDINGS keep ``bi - rads``).
 
-Grouping (:func:`build_pretraining_table`, section 2.2), deterministic where upstream is not (section 13.1
-item 7):
+Grouping (:func:`build_pretraining_table`), deterministic where upstream is not (its list order follows
+Python's string hashing):
 
 * groups = (patient_id, laterality), sorted by patient id (numerically when every id is a decimal
   integer, as upstream's integer-typed ids sort, otherwise as strings), then laterality;
@@ -39,7 +39,7 @@ item 7):
   de-duplicated keeping the first occurrence, empty strings skipped (one report per breast gives
   ``[findings, impression]``);
 * ``findings`` / ``impressions``: the first non-empty cleaned value in CSV order ("" when none);
-* ``fold``: :func:`assign_report_folds` (GroupKFold on patient_id, section 2.4).
+* ``fold``: :func:`assign_report_folds` (GroupKFold on patient_id).
 
 Nothing is dropped silently. Rows whose image is not among the converted PNGs (``png_paths``), groups
 whose text is empty after cleaning, rows with non-ASCII characters (stripped by cleaning) and groups
@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -214,6 +215,7 @@ def extract_sections(report: Any) -> dict[str, str]:
         return sections
     for match, following in zip(matches, [*matches[1:], None], strict=True):
         key = match.lastgroup
+        assert key is not None  # every alternative of _HEADER is a named group
         body = text[match.end() : following.start() if following else len(text)].strip()
         if body:
             sections[key] = f"{sections[key]}\n{body}" if sections[key] else body
@@ -223,7 +225,7 @@ def extract_sections(report: Any) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------- grouping
 
 
-def read_reports_csv(path: str | Path) -> pd.DataFrame:
+def read_reports_csv(path: str | os.PathLike) -> pd.DataFrame:
     """The report CSV with every cell as text, empty cells as "" (ids such as ``0012`` or dotted UIDs stay
     intact); ``attrs["source"]`` names the file for error messages."""
     frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
@@ -439,7 +441,7 @@ def build_pretraining_table(
 def assign_report_folds(table: pd.DataFrame, n_folds: int = 4) -> pd.DataFrame:
     """A copy of ``table`` with ``fold`` = k for the test rows of split k of ``GroupKFold(n_folds)``.
 
-    Groups are ``patient_id`` as strings (upstream section 2.4); no shuffling, so the result depends only
+    Groups are ``patient_id`` as strings (as upstream); no shuffling, so the result depends only
     on the table's rows and their order. Raises :class:`ReportError` for n_folds < 2 or fewer patients than
     folds.
     """
@@ -463,13 +465,13 @@ def assign_report_folds(table: pd.DataFrame, n_folds: int = 4) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------- I/O
 
 
-def write_pretraining_table(table: pd.DataFrame, path: str | Path) -> None:
+def write_pretraining_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write the table as CSV, list columns as their Python repr (upstream's format), deterministically and
     atomically (:func:`mammoclip.annotations.tables.write_table`)."""
     write_table(table, path)
 
 
-def read_pretraining_table(path: str | Path) -> pd.DataFrame:
+def read_pretraining_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a table written by :func:`write_pretraining_table` (list columns parsed with literal_eval)."""
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     for column in LIST_COLUMNS:

@@ -1,6 +1,6 @@
 """RSNA Screening Mammography: ``train.csv`` -> ``train_folds.csv`` -> the per-image table with PNG paths.
 
-Upstream (upstream-mammoclip.md sections 7.2, 12.3) ships ``train_folds.csv``: ``train.csv``'s 14 columns
+Upstream (docs/upstream.md#rsna) ships ``train_folds.csv``: ``train.csv``'s 14 columns
 plus ``fold`` 0-3, patient-disjoint, positives balanced; its generator is not in the repository. Here:
 
 * :func:`read_rsna_train` reads ``train.csv`` with ``patient_id``/``image_id`` as strings (other columns
@@ -27,6 +27,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,8 +37,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 from mammoclip.annotations.tables import (
     MAX_EXAMPLES,
     AnnotationError,
+    add_manifest_columns,
     isin,
-    join_manifest,
     raise_at,
     read_csv_strict,
     require_columns,
@@ -134,10 +136,10 @@ def read_rsna_folds(path: str | os.PathLike) -> pd.DataFrame:
     )
 
 
-def _examples(values: object) -> str:
-    values = list(values)  # type: ignore[call-overload]
-    shown = ", ".join(map(str, values[:MAX_EXAMPLES]))
-    return shown + (f" and {len(values) - MAX_EXAMPLES} more" if len(values) > MAX_EXAMPLES else "")
+def _examples(values: Iterable[Any]) -> str:
+    items = list(values)
+    shown = ", ".join(map(str, items[:MAX_EXAMPLES]))
+    return shown + (f" and {len(items) - MAX_EXAMPLES} more" if len(items) > MAX_EXAMPLES else "")
 
 
 def validate_fold_file(folds: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
@@ -205,5 +207,5 @@ def join_rsna_manifest(
 ) -> pd.DataFrame:
     """Fold table + ``png_path`` for the images that are ok in ``manifest`` (others dropped and logged)."""
     require_columns(folds, FOLDS_COLUMNS, what="RSNA fold table")
-    table = join_manifest(folds, manifest, columns=("png_path",), missing=missing, what="images")
+    table = add_manifest_columns(folds, manifest, columns=("png_path",), missing=missing, what="images")
     return table[list(IMAGE_TABLE_COLUMNS)].reset_index(drop=True)

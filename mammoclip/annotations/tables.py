@@ -19,17 +19,18 @@ import ast
 import collections
 import logging
 import os
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mammoclip.io import atomic_write
+
 __all__ = [
     "AnnotationError",
     "isin",
-    "join_manifest",
+    "add_manifest_columns",
     "location",
     "parse_list_column",
     "raise_at",
@@ -236,15 +237,8 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
         if _is_list_column(out[column]):
             out[column] = [repr(_plain(v)) if isinstance(v, list | tuple) else v for v in out[column]]
     text = out.to_csv(index=False, lineterminator="\n")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(text.encode("utf-8"))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path, "wb") as handle:
+        handle.write(text.encode("utf-8"))
 
 
 def read_table(
@@ -271,7 +265,7 @@ def _reason_code(reason: object) -> str:
     return str(reason).split(":", 1)[0].strip() or "unknown"
 
 
-def join_manifest(
+def add_manifest_columns(
     frame: pd.DataFrame,
     manifest: pd.DataFrame,
     *,

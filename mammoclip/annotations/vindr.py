@@ -1,4 +1,4 @@
-"""VinDr-Mammo annotations -> the tables downstream reads (upstream-mammoclip.md sections 1.4, 3, 7.2, 12).
+"""VinDr-Mammo annotations -> the tables downstream reads (docs/upstream.md#vindr-annotations).
 
 Inputs are VinDr's ``breast-level_annotations.csv`` (one row per image, :data:`BREAST_COLUMNS`) and
 ``finding_annotations.csv`` (one row per finding box or per normal image, :data:`FINDING_COLUMNS`), plus
@@ -31,7 +31,7 @@ height`` by 41.1). Those are clipped to the image (``clip_boxes=False``, used in
 upstream's arithmetic), counted in ``findings.attrs["clipped_boxes"]`` and logged: one warning per file with
 the count and the largest overshoot per side, one INFO line per box.
 
-Box mapping (:func:`map_boxes_to_png`, section 1.4 with its defects fixed). VinDr boxes are in original
+Box mapping (:func:`map_boxes_to_png`, upstream's box script, defects fixed). VinDr boxes are in original
 DICOM pixels; the manifest's crop box is half-open ``[crop_x0, crop_x1) x [crop_y0, crop_y1)`` in the same
 pixels, 5 px border included, and the crop was resized to ``png_width x png_height``, so
 ``resized_x = (x - crop_x0) * png_width / (crop_x1 - crop_x0)`` and likewise for y with the height, then x
@@ -81,7 +81,7 @@ laterality. ``image`` / ``view`` list every image of the breast, CC images first
 breast-level CSV order; ``CC`` / ``MLO`` the file names of that view (possibly empty or with two entries:
 such breasts are kept, unlike upstream which dropped its one two-CC breast by hand); ``cc_findings`` /
 ``mlo_findings`` the per-image label lists of that view. ``CC_FINDING`` / ``MLO_FINDING`` are the 4-slot
-``[pos_right, pos_left, neg_right, neg_left]`` of section 3.3, built per view (section 3.3's defect fixed):
+``[pos_right, pos_left, neg_right, neg_left]`` of upstream's notebook, built per view (its defect fixed):
 positives = union of the categories of that view's images in :data:`LABELS` order; negatives = the 10
 :data:`FINDING_CATEGORIES` minus the positives. A view whose images have no finding (even when the other
 view of the breast has one: VinDr annotates per image) gets ``['No Finding']`` as its only positive and
@@ -107,8 +107,8 @@ import pandas as pd
 
 from mammoclip.annotations.tables import (
     AnnotationError,
+    add_manifest_columns,
     isin,
-    join_manifest,
     location,
     parse_list_column,
     raise_at,
@@ -166,7 +166,7 @@ FINDING_COLUMNS = (
 BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
 RESIZED_COLUMNS = ("resized_xmin", "resized_ymin", "resized_xmax", "resized_ymax")
 
-#: the 10 finding categories, in the order of upstream's notebook (section 3.3)
+#: the 10 finding categories, in the order of upstream's notebook
 FINDING_CATEGORIES = (
     "Mass", "Suspicious Calcification", "Architectural Distortion", "Global Asymmetry", "Focal Asymmetry",
     "Asymmetry", "Suspicious Lymph Node", "Nipple Retraction", "Skin Retraction", "Skin Thickening",
@@ -469,7 +469,7 @@ def map_boxes_to_png(
     require_columns(findings, ["image_id", "height", "width", *BOX_COLUMNS])
     manifest = with_kept_counts(manifest)
     optional = ["crop_contiguous"] if "crop_contiguous" in manifest.columns else []
-    joined = join_manifest(
+    joined = add_manifest_columns(
         findings, manifest, columns=[*_MANIFEST_GEOMETRY, *_KEPT_COUNTS, *optional], missing=missing,
         what="finding rows",
     )  # fmt: skip
@@ -746,7 +746,7 @@ def boxes_from_release_table(
     matched = position.loc[ours_key.to_numpy()].to_numpy()
     resized = [boxes[c][matched] for c in RESIZED_COLUMNS]
 
-    joined = join_manifest(
+    joined = add_manifest_columns(
         findings.assign(**dict(zip(RESIZED_COLUMNS, resized, strict=True))),
         manifest, columns=("png_width", "png_height"), missing=missing, what="finding rows",
     )  # fmt: skip
@@ -888,14 +888,14 @@ def vindr_row_table(
     seed: int = DEFAULT_SEED,
     missing: str = "exclude",
 ) -> pd.DataFrame:
-    """Upstream's ``vindr_detection_v1_folds.csv`` (section 12.4) + ``png_path``, ``val_fold``.
+    """Upstream's ``vindr_detection_v1_folds.csv`` + ``png_path``, ``val_fold``.
 
     One row per finding row of ``findings_mapped`` (output of :func:`map_boxes_to_png`) in its order,
     restricted to images that are ok in ``manifest``; columns :data:`ROW_TABLE_COLUMNS`, fresh RangeIndex.
     """
     require_columns(breast, BREAST_COLUMNS)
     _require_mapped(findings_mapped)
-    rows = join_manifest(
+    rows = add_manifest_columns(
         findings_mapped, manifest, columns=("png_path",), missing=missing, what="finding rows"
     )
     categories = list(rows["finding_categories"])
@@ -939,7 +939,7 @@ def vindr_image_table(
     (:data:`BOX_TABLE_COLUMNS`). Images not ok in ``manifest`` are excluded (logged)."""
     require_columns(breast, BREAST_COLUMNS)
     _require_mapped(findings_mapped)
-    images = join_manifest(breast, manifest, columns=("png_path",), missing=missing, what="images")
+    images = add_manifest_columns(breast, manifest, columns=("png_path",), missing=missing, what="images")
 
     row_hot = _one_hot(list(findings_mapped["finding_categories"]), findings_mapped.index)
     row_hot["image_id"] = findings_mapped["image_id"].astype(str).to_numpy()
@@ -1015,7 +1015,7 @@ def vindr_image_table(
 
 
 def finding_slots(positives: Sequence[str], laterality: str, *, has_images: bool = True) -> list[list[str]]:
-    """The 4-slot ``[pos_right, pos_left, neg_right, neg_left]`` of one view (section 3.3, fixed).
+    """The 4-slot ``[pos_right, pos_left, neg_right, neg_left]`` of one view (upstream's notebook, fixed).
 
     ``positives``: the union of the view's image categories (``No Finding`` ignored). No finding ->
     ``['No Finding']`` and no negatives; no image -> four empty slots.
@@ -1038,7 +1038,7 @@ def finding_slots(positives: Sequence[str], laterality: str, *, has_images: bool
 
 
 def vindr_image_label_table(image_table: pd.DataFrame) -> pd.DataFrame:
-    """Upstream's ``clip_vindr_final.csv`` (sections 3, 12.5) + ``val_fold``: one row per breast.
+    """Upstream's ``clip_vindr_final.csv`` + ``val_fold``: one row per breast.
 
     ``image_table`` is the first output of :func:`vindr_image_table`. Columns :data:`LABEL_TABLE_COLUMNS`;
     ordering and slot rules in the module docstring.

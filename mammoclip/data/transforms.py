@@ -1,4 +1,4 @@
-"""Image augmentation for pre-training (upstream-mammoclip.md section 6.6), on 8-bit grey images.
+"""Image augmentation for pre-training (docs/upstream.md#pretraining), on 8-bit grey images.
 
 Every transform takes and returns a ``uint8`` array ``[H, W]`` (the PNGs of the DICOM -> PNG stage) and
 first resizes it to the configured ``(height, width)`` with ``INTER_AREA`` when its size differs (as the
@@ -20,7 +20,7 @@ done here: :func:`mammoclip.inference.normalise_image` does it after augmentatio
 Affine parameters. ``legacy=False`` (default): ``rotate ~ U(-20, 20)`` degrees, ``shear_x, shear_y ~
 U(-20, 20)`` degrees, ``translate_x, translate_y ~ U(-0.1, 0.1)`` (fractions of W and H), ``scale_x,
 scale_y ~ U(0.8, 1.2)`` independently (upstream's ``keep_ratio=False``). ``legacy=True`` reproduces the
-magnitudes upstream actually trained with (section 6.6, section 13.1 item 8): albumentations 1.4 reads a
+magnitudes upstream actually trained with: albumentations 1.4 reads a
 scalar ``Affine`` argument as a fixed value, so whenever the affine fires the image is rotated by exactly
 +20 degrees, sheared by +20 degrees on both axes and shifted by +10 % of W and H; only the scale is random
 (``U(0.8, 1.2)`` per axis). The magnitudes and sampling are upstream's; the matrix composition is ours, so

@@ -1,9 +1,9 @@
-"""Classification metrics with bootstrap confidence intervals (upstream-mammoclip.md sections 7.4 and 11).
+"""Classification metrics with bootstrap confidence intervals (docs/upstream.md#evaluation).
 
 The metrics themselves come from scikit-learn, as upstream used them: AUROC is ``roc_auc_score``, accuracy is
 ``accuracy_score`` and macro F1 is ``f1_score(average="macro", labels=range(n_classes), zero_division=0)``
 (every class counts, including one absent from both labels and predictions, whose F1 is then 0). Upstream
-reported point estimates only (section 11); here every metric comes with a percentile interval.
+reported point estimates only; here every metric comes with a percentile interval.
 
 Bootstrap (:func:`bootstrap_weights`). ``numpy.random.default_rng(seed)`` draws ``n_boot`` resamples of
 size equal to the number of *units*, with replacement. A unit is a row, or with ``groups=`` (e.g. the
@@ -168,9 +168,8 @@ def binary_metrics(
     out["auroc_low"], out["auroc_high"] = _interval(values, ci)
     out["n_boot_skipped"] = skipped
     if skipped:
-        out["note"] = f"{skipped} of {n_boot} bootstrap resamples had one class and were skipped"
-        if not values:
-            out["note"] += "; no interval"
+        note = f"{skipped} of {n_boot} bootstrap resamples had one class and were skipped"
+        out["note"] = note + ("" if values else "; no interval")
     return out
 
 
@@ -254,7 +253,7 @@ def aggregate_by(
     """One row per group of ``keys``: mean score, maximum label and the number of rows (``n_rows``).
 
     RSNA is evaluated per breast, ``keys=["patient_id", "laterality"]``, with the mean image probability
-    as the breast score (upstream section 7.4). The label is the *maximum* over the group's rows, i.e. a
+    as the breast score (as upstream). The label is the *maximum* over the group's rows, i.e. a
     group is positive when any of its rows is (RSNA's ``cancer`` is constant per breast, so this only
     matters elsewhere, e.g. VinDr finding rows grouped by ``image_id`` give the image's union label). Groups
     whose rows disagree on the label are counted in a log warning. Output columns: ``keys``,

@@ -5,12 +5,12 @@ best epoch) and ``report`` (the numbers that are published), as DataFrames that 
 columns. Functions take DataFrames and plain arguments only (no config or file reading); the caller records
 which protocol produced each result table.
 
-``paper`` — reproduces upstream-mammoclip.md sections 7.2 and 7.4, **defects included, on purpose**:
+``paper`` — reproduces upstream's splits (docs/upstream.md#classifiers), **defects included, on purpose**:
 
 * VinDr on the *row* table (``vindr_detection_v1_folds.csv``, one row per finding row, so images with
   several findings count several times): ``train`` = ``split == "training"``; ``select`` and ``report``
   are both ``split == "test"``. Upstream picks the best epoch on the official test split and reports the
-  same split (section 7.4's model-selection-on-the-reported-set defect), which makes its numbers
+  same split (model selection on the reported set), which makes its numbers
   optimistic. ``val_fold`` is ignored.
 * RSNA on ``train_folds.csv``: ``train`` = folds 1 and 2 (hard-coded upstream), ``select`` = ``report`` =
   fold 0 (``cur_fold`` 0, ``--n_folds 1`` in every shipped script); fold 3 is never used. Only ``fold=0``
@@ -113,7 +113,7 @@ def _integer_column(table: pd.DataFrame, column: str, what: str) -> pd.Series:
 def split_vindr(table: pd.DataFrame, *, protocol: str, val_fold: int = 0) -> dict[str, pd.DataFrame]:
     """``{"train", "select", "report"}`` for VinDr (row table for ``paper``, image table for ``clean``).
 
-    ``paper``: training rows / test rows / the same test rows again (the section 7.4 defect, reproduced on
+    ``paper``: training rows / test rows / the same test rows again (upstream's defect, reproduced on
     purpose; ``select`` is a copy of ``report``). ``clean``: training images outside validation fold
     ``val_fold`` / training images in it / test images, patient-disjoint.
     """

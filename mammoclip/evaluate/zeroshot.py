@@ -1,8 +1,10 @@
-"""Zero-shot evaluation of per-image prompt scores (upstream-mammoclip.md section 9) under both protocols.
+"""Zero-shot evaluation of per-image prompt scores (docs/upstream.md#zero-shot) under both protocols.
 
 The scores come from :func:`mammoclip.inference.score_table` (``image_id, task, class, probability``); a
 task's positive class is its LAST class (``{"no mass": ..., "mass": ...}`` -> "mass"), so the score of an
-image is the probability of that class. Which label a task is evaluated against is :data:`TASK_LABELS`.
+image is the probability of that class. Which label a task is evaluated against is the label's
+``zero_shot_task`` in :mod:`mammoclip.registry` (:func:`mammoclip.registry.zero_shot_tasks`); each dataset's
+registry entry names its evaluator here (:func:`evaluate_vindr`, :func:`evaluate_rsna`).
 
 * ``paper`` (upstream): VinDr on the finding rows of the test split (an image with several findings counts
   several times), RSNA per image on fold 0.
@@ -18,17 +20,13 @@ next to the majority-class baseline of the evaluated labels (upstream configures
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import pandas as pd
 
+from mammoclip import registry
 from mammoclip.evaluate.metrics import aggregate_by, binary_metrics, multiclass_metrics
 
-#: ``{dataset: {scoring task: label column}}``
-TASK_LABELS: Mapping[str, Mapping[str, str]] = {
-    "vindr": {"mass": "Mass", "suspicious_calcification": "Suspicious_Calcification", "density": "density"},
-    "rsna": {"malignancy": "cancer"},
-}
+#: the datasets of :func:`evaluate_vindr` and :func:`evaluate_rsna` (their registry entries name them)
+VINDR, RSNA = "vindr", "rsna"
 
 
 def _task_rows(scores: pd.DataFrame, task: str) -> pd.DataFrame:
@@ -81,14 +79,15 @@ def predicted_classes(scores: pd.DataFrame, task: str) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _density_results(scores, rows, images, *, n_boot, seed) -> list[dict]:
-    predicted = predicted_classes(scores, "density")
-    n_classes = scores.loc[scores["task"] == "density", "class"].nunique()
+def _multiclass_results(scores, rows, images, *, task, label, n_boot, seed) -> list[dict]:
+    """VinDr density: accuracy and macro F1 of the argmax class, on test finding rows and test images."""
+    predicted = predicted_classes(scores, task)
+    n_classes = scores.loc[scores["task"] == task, "class"].nunique()
     results = []
     for protocol, table, level in (("paper", rows, "finding rows"), ("clean", images, "image")):
         part = _with_scores(table[table["split"] == "test"], predicted, f"VinDr {level}")
         metrics = multiclass_metrics(
-            part["density"].astype(int),
+            part[label].astype(int),
             part["score"].astype(int),
             n_classes=int(n_classes),
             n_boot=n_boot,
@@ -97,9 +96,7 @@ def _density_results(scores, rows, images, *, n_boot, seed) -> list[dict]:
         )
         for metric in ("accuracy", "macro_f1"):
             results.append(
-                _result(
-                    "vindr", "density", "density", protocol, level, "split == test", metrics, metric=metric
-                )
+                _result(VINDR, label, task, protocol, level, "split == test", metrics, metric=metric)
             )
     return results
 
@@ -119,21 +116,23 @@ def evaluate_vindr(
 ) -> pd.DataFrame:
     """Zero-shot AUROC of the VinDr tasks: paper (test finding rows) and clean (test images)."""
     results = []
-    for task, label in TASK_LABELS["vindr"].items():
+    for task, label in registry.zero_shot_tasks(VINDR).items():
         if task not in set(scores["task"]):
             continue
-        if label == "density":
-            results.extend(_density_results(scores, rows, images, n_boot=n_boot, seed=seed))
+        if registry.get_label(label).n_classes > 1:
+            results.extend(
+                _multiclass_results(scores, rows, images, task=task, label=label, n_boot=n_boot, seed=seed)
+            )
             continue
         task_scores = positive_scores(scores, task)
         paper = _with_scores(rows[rows["split"] == "test"], task_scores, "VinDr finding rows")
         metrics = binary_metrics(paper[label], paper["score"], n_boot=n_boot, seed=seed)
-        results.append(_result("vindr", label, task, "paper", "finding rows", "split == test", metrics))
+        results.append(_result(VINDR, label, task, "paper", "finding rows", "split == test", metrics))
         clean = _with_scores(images[images["split"] == "test"], task_scores, "VinDr images")
         metrics = binary_metrics(
             clean[label], clean["score"], n_boot=n_boot, seed=seed, groups=clean["patient_id"]
         )
-        results.append(_result("vindr", label, task, "clean", "image", "split == test", metrics))
+        results.append(_result(VINDR, label, task, "clean", "image", "split == test", metrics))
     return pd.DataFrame(results)
 
 
@@ -142,26 +141,26 @@ def evaluate_rsna(
 ) -> pd.DataFrame:
     """Zero-shot AUROC for RSNA cancer: paper (fold 0, per image) and clean (all folds, per breast)."""
     results = []
-    for task, label in TASK_LABELS["rsna"].items():
+    for task, label in registry.zero_shot_tasks(RSNA).items():
         if task not in set(scores["task"]):
             continue
         table = _with_scores(folds, positive_scores(scores, task), "RSNA images")
         table[label] = table[label].astype(int)
         paper = table[table["fold"].astype(int) == 0]
         metrics = binary_metrics(paper[label], paper["score"], n_boot=n_boot, seed=seed)
-        results.append(_result("rsna", label, task, "paper", "image", "fold == 0", metrics))
+        results.append(_result(RSNA, label, task, "paper", "image", "fold == 0", metrics))
         breasts = aggregate_by(paper, ["patient_id", "laterality"], "score", label)
         metrics = binary_metrics(
             breasts[label], breasts["score"], n_boot=n_boot, seed=seed, groups=breasts["patient_id"]
         )
-        results.append(_result("rsna", label, task, "paper", "breast", "fold == 0", metrics, primary=False))
+        results.append(_result(RSNA, label, task, "paper", "breast", "fold == 0", metrics, primary=False))
         metrics = binary_metrics(
             table[label], table["score"], n_boot=n_boot, seed=seed, groups=table["patient_id"]
         )
-        results.append(_result("rsna", label, task, "clean", "image", "all folds", metrics, primary=False))
+        results.append(_result(RSNA, label, task, "clean", "image", "all folds", metrics, primary=False))
         breasts = aggregate_by(table, ["patient_id", "laterality"], "score", label)
         metrics = binary_metrics(
             breasts[label], breasts["score"], n_boot=n_boot, seed=seed, groups=breasts["patient_id"]
         )
-        results.append(_result("rsna", label, task, "clean", "breast", "all folds", metrics))
+        results.append(_result(RSNA, label, task, "clean", "breast", "all folds", metrics))
     return pd.DataFrame(results)

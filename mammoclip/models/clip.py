@@ -1,7 +1,7 @@
 """The CLIP model: image encoder + text encoder, each with a projection head to a shared embedding space.
 
-Module names and registration order follow upstream's ``BreastClip`` (upstream-mammoclip.md section 4.1),
-so ``MammoClip.state_dict()`` has the released checkpoints' key layout (section 4.5)::
+Module names and registration order follow upstream's ``BreastClip`` (docs/upstream.md#models),
+so ``MammoClip.state_dict()`` has the released checkpoints' key layout::
 
     image_encoder.<encoder keys>               (lukemelas names for the legacy B5/B2 encoders)
     text_encoder.text_encoder.<BERT keys>
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+import os
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -139,7 +140,7 @@ class MammoClip(nn.Module):
             "text_embeddings2": None,
             "image_view_embeddings": None,
         }
-        if input_ids2 is not None:
+        if input_ids2 is not None and attention_mask2 is not None:  # both or neither (checked above)
             out["text_embeddings2"] = self.embed_text(input_ids2, attention_mask2)
         if images2 is not None:
             out["image_view_embeddings"] = self.embed_image(images2)
@@ -216,7 +217,8 @@ def _assemble(
 ) -> MammoClip:
     if pooling not in POOLINGS:
         raise ValueError(f"unknown text pooling {pooling!r}; expected one of {POOLINGS}")
-    image_dim = int(image_encoder.out_dim)
+    encoder_dim: Any = image_encoder.out_dim  # every image encoder module declares out_dim
+    image_dim = int(encoder_dim)
     text_encoder = TextEncoder(text_model, pooling=pooling)
     architecture = make_architecture(
         image_encoder=image_name,
@@ -265,9 +267,12 @@ def build_clip(
     else:
         image_name = getattr(image_encoder, "name", None)
         image_module = image_encoder
+    text_source: str | None
     if isinstance(text_backbone, str | bytes) or hasattr(text_backbone, "__fspath__"):
         text_source = str(text_backbone)
-        text_model, loaded_tokenizer = load_text_backbone(text_backbone, cache_dir=cache_dir)
+        text_model, loaded_tokenizer = load_text_backbone(
+            cast("str | os.PathLike", text_backbone), cache_dir=cache_dir
+        )
         tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
     else:
         text_model = text_backbone
@@ -309,7 +314,8 @@ def clip_from_architecture(
             )
         image_encoder = _image_encoder_by_name(name, pretrained=False, cache_dir=None)
     expected = image_spec.get("out_dim")
-    if expected is not None and int(image_encoder.out_dim) != int(expected):
+    encoder_dim: Any = image_encoder.out_dim
+    if expected is not None and int(encoder_dim) != int(expected):
         raise ValueError(
             f"image encoder has out_dim {image_encoder.out_dim}, the architecture expects {expected}"
         )

@@ -6,7 +6,7 @@ and returns ``[B, out_dim]``. :func:`build_image_encoder` builds one by name and
 
 Legacy encoders (:data:`LEGACY_ENCODERS`)
 -----------------------------------------
-The released checkpoints hold a lukemelas-style EfficientNet (upstream-mammoclip.md section 4.2). To load
+The released checkpoints hold a lukemelas-style EfficientNet (docs/upstream.md#models). To load
 them strictly and to keep our checkpoints readable by upstream's tools, the module tree of
 :class:`LegacyEfficientNet` *is* that layout: ``_conv_stem``, ``_bn0``, ``_blocks.{i}.{_expand_conv, _bn0,
 _depthwise_conv, _bn1, _se_reduce, _se_expand, _project_conv, _bn2}``, ``_conv_head``, ``_bn1`` (852 keys
@@ -248,7 +248,7 @@ class LegacyEfficientNet(ImageEncoder):
         size = (resolution, resolution)  # spatial size at each layer for the nominal input: fixes the pads
         self._conv_stem = StaticSamePadConv2d(3, stem, 3, 2, image_size=size)
         self._bn0 = norm(stem)
-        size = tuple(-(-s // 2) for s in size)
+        size = (-(-size[0] // 2), -(-size[1] // 2))
 
         layout = []  # (in, out, kernel, stride, expansion) per block
         for repeats, kernel, stride, expand, c_in, c_out in _B0_STAGES:
@@ -269,7 +269,7 @@ class LegacyEfficientNet(ImageEncoder):
                     norm=norm,
                 )
             )
-            size = tuple(-(-s // stride) for s in size)
+            size = (-(-size[0] // stride), -(-size[1] // stride))
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = nn.Conv2d(layout[-1][1], head, 1, bias=False)
         self._bn1 = norm(head)
@@ -416,6 +416,7 @@ class TimmImageEncoder(ImageEncoder):
         import timm
 
         kwargs: dict[str, Any] = {"num_classes": 0, "global_pool": ""}
+        model: Any  # timm's models carry attributes (pretrained_cfg, num_features) nn.Module does not declare
         try:
             model = timm.create_model(name, pretrained=False, **kwargs)
         except RuntimeError as err:  # e.g. an unknown pretrained tag

@@ -2,7 +2,7 @@
 
 The wrapper keeps the BERT in the attribute ``text_encoder`` so that, inside the CLIP model (whose attribute
 is also ``text_encoder``), parameters are named ``text_encoder.text_encoder.<BERT key>`` exactly as in the
-released checkpoints (upstream-mammoclip.md section 4.5).
+released checkpoints (docs/upstream.md#models).
 
 Loading is always offline (``local_files_only=True``): from a local model directory or from the Hugging
 Face cache. ``build_tiny_bert`` makes a small BERT with a WordPiece vocabulary trained on a report corpus,
@@ -60,7 +60,8 @@ class TextEncoder(nn.Module):
             raise ValueError(f"unknown text pooling {pooling!r}; expected one of {POOLINGS}")
         self.text_encoder = backbone
         self.pooling = pooling
-        self.out_dim = int(backbone.config.hidden_size)
+        config: Any = backbone.config  # a transformers model's config
+        self.out_dim = int(config.hidden_size)
 
     def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per-token last hidden states ``[B, T, out_dim]``."""
@@ -258,7 +259,9 @@ def build_tiny_bert(
     vocabulary and weights. The directory loads with :func:`load_text_backbone`.
     """
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    # transformers 5 exports BertTokenizerFast as an alias its stubs do not declare; 4.x as a class
+    from transformers import BertConfig, BertModel, BertTokenizerFast  # type: ignore[attr-defined]
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -171,7 +172,7 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float)
     """Standardised low-frequency Gaussian noise with correlation length ~``sigma`` pixels (float32)."""
     h, w = shape
     f = max(1, int(sigma // 2))
-    small = rng.standard_normal((h // f + 3, w // f + 3), dtype=np.float32)
+    small: np.ndarray = rng.standard_normal((h // f + 3, w // f + 3), dtype=np.float32)
     small = cv2.GaussianBlur(small, (0, 0), max(sigma / f, 0.5), borderType=cv2.BORDER_REFLECT)
     big = cv2.resize(small, (small.shape[1] * f, small.shape[0] * f), interpolation=cv2.INTER_LINEAR)
     big = np.ascontiguousarray(big[:h, :w])
@@ -212,7 +213,7 @@ def make_breast_geometry(
     c, s = np.cos(theta), np.sin(theta)
     xs = a * np.abs(c) ** (2.0 / p)
     ys = cy + np.where(s < 0, b_up, b_down) * np.sign(s) * np.abs(s) ** (2.0 / p)
-    pts = [np.stack([xs, ys], axis=1), [[-2.0, cy - b_up], [-2.0, cy + b_down]]]
+    pts: list[Any] = [np.stack([xs, ys], axis=1), [[-2.0, cy - b_up], [-2.0, cy + b_down]]]
     pectoral = None
     if mlo:
         pw = a * rng.uniform(0.26, 0.38) * (0.6 if view in ("ML", "LM") else 1.0)
@@ -231,8 +232,8 @@ def make_breast_geometry(
         pectoral &= mask
 
     margin = max(2, round(0.02 * a))
-    interior = cv2.erode(mask.astype(np.uint8), np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
-    interior = interior.astype(bool)
+    eroded = cv2.erode(mask.astype(np.uint8), np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
+    interior = eroded.astype(bool)
     if pectoral is not None:
         grown = cv2.dilate(pectoral.astype(np.uint8), np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
         interior &= ~grown.astype(bool)

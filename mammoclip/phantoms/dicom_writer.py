@@ -111,7 +111,7 @@ def write_mammogram_dicom(
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MAMMOGRAPHY_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = deterministic_uid("mammoclip-phantoms")
 

@@ -72,7 +72,7 @@ from .anatomy import (
     render_breast_image,
 )
 from .dicom_writer import TRANSFER_SYNTAXES, deterministic_uid, write_mammogram_dicom
-from .reports import make_report
+from .report_text import make_report
 
 DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = ("uncompressed", "jpeg2000", "jpegls", "jpeg_lossless")
 PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
@@ -317,8 +317,8 @@ def _render(
     """Place lesions, render, encode and write every image; return (truth rows, lesion rows)."""
     images = [img for br in breasts for img in br.images]
     encodings = assign_encodings(len(images), transfer_syntaxes, _rng(seed, dataset, _ENCODING))
-    for i, (img, enc) in enumerate(zip(images, encodings, strict=True)):
-        img.index, img.encoding = i, enc
+    for i, (img, encoding) in enumerate(zip(images, encodings, strict=True)):
+        img.index, img.encoding = i, encoding
     truth: list[dict] = []
     lesion_rows: list[dict] = []
     with tqdm(total=len(images), desc=f"phantoms {dataset}", unit="img", disable=not progress) as bar:

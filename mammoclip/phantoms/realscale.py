@@ -44,7 +44,7 @@ JPEG Lossless SV1 (1.2.840.10008.1.2.4.70), by machine.
 
 Manifests (:func:`vindr_manifest`, :func:`rsna_manifest`): every column of
 :data:`mammoclip.preprocess.MANIFEST_COLUMNS`, one row per image, sorted by patient then image id as
-:func:`mammoclip.preprocess.join_manifests` sorts them; ``status`` ok except a few images that failed with
+:func:`mammoclip.preprocess.combine_manifests` sorts them; ``status`` ok except a few images that failed with
 the stage's reason codes (``decode_error``, ``truncated``, ``constant_image``, ``unsupported_image``;
 VinDr: 3 images, 2 normal ones and one with several finding rows; RSNA: 6 images);
 ``orig_height``/``orig_width`` the CSV's size (VinDr) or the machine's (RSNA); a contiguous crop box
@@ -56,8 +56,8 @@ crop), ``crop_n_rows``/``crop_n_cols`` its extents; PNG 1520 x 912 under
 Typical use (``mammoclip.bench.write_paper_like_roots``, ``tests/test_rehearsal.py``)::
 
     files = write_rehearsal(tmp / "data", manifest_dir=tmp / "results/preprocess")
-    tables = prepare_vindr_tables(files["vindr_breast"], files["vindr_findings"], files["vindr_manifest"],
-                                  n_folds=5, seed=42)
+    tables = build_vindr_tables(files["vindr_breast"], files["vindr_findings"], files["vindr_manifest"],
+                                n_folds=5, seed=42)
 """
 
 from __future__ import annotations
@@ -350,10 +350,10 @@ def make_vindr(seed: int = 0) -> VinDrRehearsal:
     lists = [repr(list(cats)) for cats, _, _ in VINDR_CATEGORY_ROWS]
     for name in ("training", "test"):
         rows = np.flatnonzero(split[row_image] == name)
-        counts = [test if name == "test" else total - test for _, total, test in VINDR_CATEGORY_ROWS]
-        if sum(counts) != len(rows):  # pragma: no cover - constants out of step
-            raise RuntimeError(f"{sum(counts)} category rows for {len(rows)} {name} finding rows")
-        categories[rows] = np.array(lists, dtype=object)[_shuffled_labels(rng, counts)]
+        split_counts = [test if name == "test" else total - test for _, total, test in VINDR_CATEGORY_ROWS]
+        if sum(split_counts) != len(rows):  # pragma: no cover - constants out of step
+            raise RuntimeError(f"{sum(split_counts)} category rows for {len(rows)} {name} finding rows")
+        categories[rows] = np.array(lists, dtype=object)[_shuffled_labels(rng, split_counts)]
 
     finding_birads = np.array([f"BI-RADS {b}" for b in breast_birads[row_image]], dtype=object)
     finding_birads[rng.choice(n_rows, _EMPTY_FINDING_BIRADS, replace=False)] = ""
@@ -541,8 +541,8 @@ def preprocess_manifest(
     source_path: Sequence[str],
     png_root: str | os.PathLike,
     transfer_syntax: Sequence[str],
-    photometric: Sequence[str],
-    bits_stored: Sequence[int],
+    photometric: Sequence[str] | np.ndarray,
+    bits_stored: Sequence[int] | np.ndarray,
     failures: Mapping[str, str],
 ) -> pd.DataFrame:
     """A manifest as the preprocessing stage writes it, one row per image of ``images``.

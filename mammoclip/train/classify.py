@@ -1,4 +1,4 @@
-"""Downstream classifiers on a Mammo-CLIP image encoder: linear probe and finetune (upstream-mammoclip.md §7).
+"""Downstream classifiers on a Mammo-CLIP encoder: linear probe and finetune (docs/upstream.md#classifiers).
 
 Models
 
@@ -6,8 +6,8 @@ Models
   (``n_classes`` 1 = binary, a logit; 4 = VinDr density). ``freeze_encoder=True`` (linear probe) sets
   ``requires_grad=False`` on every encoder parameter **and keeps the encoder in eval mode** whatever
   ``train()`` is called with, so BatchNorm running statistics and dropout do not change. Upstream only
-  switches gradients off and calls ``model.train()``, so its "frozen" encoder's BN statistics drift
-  (§13.1 item 11). :func:`build_classifier` makes one for a :class:`ClassifierConfig`;
+  switches gradients off and calls ``model.train()``, so its "frozen" encoder's BN statistics drift.
+  :func:`build_classifier` makes one for a :class:`ClassifierConfig`;
   :func:`classifier_from_clip` takes the encoder of a CLIP checkpoint
   (:func:`mammoclip.checkpoints.load_clip`).
 * The cheap linear probe, :func:`train_head_on_embeddings`, trains a ``Linear(dim, n_classes)`` head on
@@ -19,19 +19,20 @@ Training (:func:`train_classifier`; shared by both)
 
 * Loss: binary ``BCEWithLogitsLoss``, with ``pos_weight`` = #negative / #positive of the rows actually
   trained on (:func:`positive_weight`) when ``weighted_loss``; upstream hard-codes weights computed on other
-  subsets (all rows outside the validation fold, §7.3 / §13.1 item 12). ``ClassifierConfig.pos_weight``
-  sets a value explicitly (e.g. upstream's, to reproduce it). Multiclass: ``CrossEntropyLoss`` (unweighted,
-  as upstream; ``weighted_loss`` does not apply).
+  subsets (all rows outside the validation fold). ``ClassifierConfig.pos_weight`` sets a value explicitly
+  (e.g. upstream's, to reproduce it). Multiclass: ``CrossEntropyLoss`` (unweighted, as upstream;
+  ``weighted_loss`` does not apply).
 * Sampling: shuffled batches from a ``torch.Generator`` seeded with ``seed``; with ``balanced_sampler`` a
   ``WeightedRandomSampler`` (with replacement, ``len(train)`` draws per epoch) whose row weights are
   1 / (count of the row's class) **in the training labels** (upstream: a hard-coded table of the validation
   fold's counts, always on the ``cancer`` column), seeded the same way.
 * Optimiser / schedule: :func:`mammoclip.train.optim.build_optimizer` (AdamW over trainable parameters; no
-  decay on biases and norms) and :func:`mammoclip.train.optim.warmup_cosine` stepped per batch with
+  decay on biases and norms) and ``transformers.get_cosine_schedule_with_warmup`` stepped per batch with
   ``round(warmup_epochs * steps_per_epoch)`` warmup steps over ``epochs * steps_per_epoch``. As upstream the
   first step runs at lr 0 when there is warmup.
-* Precision: ``"bf16"`` / ``"fp16"`` autocast on CUDA only (CPU runs fp32); a single ``GradScaler`` for the
-  whole run, and only for fp16 (upstream recreates it every epoch).
+* Precision: ``"bf16"`` / ``"fp16"`` autocast on CUDA only (CPU runs fp32;
+  :func:`mammoclip.train.precision.autocast`); a single ``GradScaler`` for the whole run, and only for fp16
+  (upstream recreates it every epoch).
 * Selection: after every epoch the ``select`` split is scored; the best epoch has the highest AUROC
   (binary) or accuracy (multiclass), the earliest on ties (an undefined AUROC counts as lowest). Use a split
   that is not the reported one (see :mod:`mammoclip.evaluate.protocols`).
@@ -47,10 +48,10 @@ epoch only) — rows for a metrics CSV (``pandas.DataFrame(history).to_csv``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,10 +60,13 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
+from transformers import get_cosine_schedule_with_warmup
 
 from mammoclip.evaluate.metrics import binary_metrics, multiclass_metrics
-from mammoclip.train.optim import build_optimizer, warmup_cosine
+from mammoclip.train.optim import build_optimizer
+from mammoclip.train.precision import PRECISIONS, autocast
 from mammoclip.train.pretrain import seed_everything
+from mammoclip.train.settings import FROM_SCHEMA, fill_from_schema, schema_defaults
 
 __all__ = [
     "MODES",
@@ -84,29 +88,52 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MODES = ("linear_probe", "finetune")
-PRECISIONS = ("fp32", "bf16", "fp16")
+#: the config's mode names (``classify.labels.<label>.mode_overrides``, workflow wildcards) -> :data:`MODES`
+MODE_NAMES = {"lp": "linear_probe", "ft": "finetune"}
+#: keys of a ``classify.labels.<label>`` section that are not training settings
+_LABEL_KEYS_NOT_TRAINING = ("enabled", "fractions", "mode_overrides")
+
+
+def _label_defaults(label: str) -> dict[str, Any]:
+    """The schema's training defaults of ``classify.labels.<label>`` (a label it does not know: the
+    defaults every label shares, ``$defs/classifier_settings``)."""
+    labels = schema_defaults("classify", "labels")
+    if label in labels:
+        return labels[label]
+    from mammoclip.config import load_schema
+
+    shared = load_schema()["$defs"]["classifier_settings"]
+    return {k: v["default"] for k, v in shared.items() if isinstance(v, dict) and "default" in v}
 
 
 @dataclass
 class ClassifierConfig:
-    """Settings of one classifier run. Defaults: upstream's VinDr scripts (§7.3), weighted BCE on."""
+    """Settings of one classifier run: the run's ``mode``, ``label``, ``n_classes`` (1 = binary, one logit;
+    >= 2 softmax classes, 4 = density), ``seed``, ``precision`` and ``num_workers`` (all required), and the
+    training settings of a ``classify.labels.<label>`` section under the same names (a setting left out gets
+    that label's default in the schema). ``pos_weight`` None: #neg/#pos of the training rows. Build one from
+    a config with :meth:`from_config`."""
 
-    mode: str = "linear_probe"
-    label: str = "cancer"
-    n_classes: int = 1  # 1 = binary (one logit), >= 2 = softmax classes (4 = density)
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 5e-5
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    balanced_sampler: bool = False
-    weighted_loss: bool = True
-    seed: int = 10
-    precision: str = "fp32"
-    num_workers: int = 0
-    pos_weight: float | None = None  # None: #neg/#pos of the training rows; a number overrides it
+    mode: str = FROM_SCHEMA
+    label: str = FROM_SCHEMA
+    n_classes: int = FROM_SCHEMA
+    epochs: int = FROM_SCHEMA
+    batch_size: int = FROM_SCHEMA
+    lr: float = FROM_SCHEMA
+    weight_decay: float = FROM_SCHEMA
+    warmup_epochs: float = FROM_SCHEMA
+    balanced_sampler: bool = FROM_SCHEMA
+    weighted_loss: bool = FROM_SCHEMA
+    seed: int = FROM_SCHEMA
+    precision: str = FROM_SCHEMA
+    num_workers: int = FROM_SCHEMA
+    pos_weight: float | None = FROM_SCHEMA
 
     def __post_init__(self) -> None:
+        if self.label is FROM_SCHEMA:
+            raise TypeError("ClassifierConfig needs label")
+        defaults = _label_defaults(self.label)
+        fill_from_schema(self, {k: v for k, v in defaults.items() if k not in _LABEL_KEYS_NOT_TRAINING})
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.precision not in PRECISIONS:
@@ -122,6 +149,41 @@ class ClassifierConfig:
             raise ValueError("lr must be > 0, weight_decay and warmup_epochs >= 0")
         if self.pos_weight is not None and not (math.isfinite(self.pos_weight) and self.pos_weight > 0):
             raise ValueError(f"pos_weight must be a positive number or None, got {self.pos_weight!r}")
+
+    @classmethod
+    def from_config(
+        cls,
+        label_settings: Mapping[str, Any],
+        *,
+        mode: str,
+        label: str,
+        n_classes: int,
+        seed: int,
+        precision: str,
+        num_workers: int,
+    ) -> ClassifierConfig:
+        """From one ``classify.labels.<label>`` section (its ``mode_overrides`` for ``mode`` applied if it
+        still has them; ``enabled`` and ``fractions`` ignored). ``mode``: ``lp`` / ``ft`` or a :data:`MODES`
+        name; ``precision`` and ``num_workers``: the ``classify`` section's."""
+        settings = dict(label_settings)
+        mode = MODE_NAMES.get(mode, mode)
+        short = {v: k for k, v in MODE_NAMES.items()}.get(mode, mode)
+        settings.update((settings.get("mode_overrides") or {}).get(short) or {})
+        for key in _LABEL_KEYS_NOT_TRAINING:
+            settings.pop(key, None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise ValueError(f"classify.labels.{label}: unknown setting(s) {unknown}")
+        return cls(
+            **settings,
+            mode=mode,
+            label=label,
+            n_classes=n_classes,
+            seed=seed,
+            precision=precision,
+            num_workers=num_workers,
+        )
 
     @property
     def binary(self) -> bool:
@@ -292,12 +354,6 @@ def classifier_from_clip(path, config: ClassifierConfig, **load_kwargs) -> tuple
 # --------------------------------------------------------------------------------------------------
 
 
-def _autocast(device: torch.device, precision: str):
-    if device.type != "cuda" or precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def _loader(dataset: Dataset, batch_size: int, num_workers: int, sampler=None, generator=None) -> DataLoader:
     return DataLoader(
         dataset,
@@ -346,7 +402,7 @@ def predict(
     try:
         for batch in loader:
             x = batch[0] if isinstance(batch, list | tuple) else batch
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 logits = model_or_head(x.to(device).float())
             out.append(_logits_to_probs(logits).cpu())
     finally:
@@ -434,7 +490,7 @@ def train_classifier(
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = min(int(round(config.warmup_epochs * steps_per_epoch)), total_steps)
     optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=total_steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
     metric = select_metric_name(config)
@@ -447,7 +503,7 @@ def train_classifier(
         for x, y in train_loader:
             x = x.to(device, non_blocking=True).float()
             y = y.to(device, non_blocking=True)
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 logits = model(x)
             logits = logits.float()
             if config.binary:

@@ -1,4 +1,4 @@
-"""Mammo-CLIP's pre-training loss (upstream ``breast_clip``, upstream-mammoclip.md section 5.1).
+"""Mammo-CLIP's pre-training loss (upstream ``breast_clip``, docs/upstream.md#pretraining).
 
 Inputs are L2-normalised embeddings ``[B, D]`` of this rank's batch: ``image`` (I1), optional ``image_view``
 (I2, the other view of the same breast), ``text`` (T1), optional ``text2`` (T2, a second report section or
@@ -25,7 +25,7 @@ Under DDP each rank returns the mean loss of its *own* rows; the all-gather's ba
 that every rank's loss puts on a rank's rows, so with DDP's gradient averaging the parameter update equals
 that of the loss of the global batch in one process (tested in ``tests/test_ddp.py``).
 
-False-negative masking (``mask_false_negatives=True``, off by default as upstream; section 5.3): samples
+False-negative masking (``mask_false_negatives=True``, off by default as upstream): samples
 ``i`` and ``j`` (``i != j``, global indices) are *duplicates* when they share an identical text, i.e. when
 ``{text_ids[i], text2_ids[i]} ∩ {text_ids[j], text2_ids[j]}`` is not empty (only ``text_ids`` without a second
 text). ``text_ids`` are per-sample integer ids/hashes of the texts, gathered from all ranks like the

@@ -1,9 +1,11 @@
 """Resumable CLIP pre-training loop (single process or DDP under ``torchrun``).
 
-Upstream (upstream-mammoclip.md sections 6.2-6.4, 13.1) trains with a single AdamW group, a per-iteration
-warmup-cosine schedule, fp16 autocast, no accumulation or clipping, no logit-scale clamp; its DDP trainer
-stops every epoch after 11 batches and its resume restores model weights only. :func:`train_clip` keeps the
-objective and schedule and fixes the rest:
+Upstream (docs/upstream.md#pretraining) trains with a single AdamW group, a per-iteration warmup-cosine
+schedule, fp16 autocast, no accumulation or clipping, no logit-scale clamp; its DDP trainer stops every
+epoch after 11 batches and its resume restores model weights only. :func:`train_clip` keeps the objective
+and schedule and fixes the rest. It is built, as open_clip's ``main``, from :func:`setup_training` (data,
+model, optimiser: a :class:`TrainRun` and a :class:`TrainState`), :func:`resume` (``last.pt``),
+:func:`train_one_epoch`, :func:`validate` and :func:`end_epoch` (best checkpoint, ``last.pt``).
 
 Data
     Training batches come from a :class:`~torch.utils.data.DistributedSampler` in *every* launch (with
@@ -59,8 +61,9 @@ Files in ``out_dir``:
     bit-for-bit as an uninterrupted run would (on the CPU; on GPUs up to non-deterministic kernels). A run
     interrupted *inside* an epoch restarts that epoch from its beginning; rows and TensorBoard events of the
     lost partial epoch are dropped. Resuming needs the same ``TrainConfig`` (``num_workers`` and
-    ``log_every`` may change) and the same world size, else :class:`ValueError` (use a new ``out_dir``).
-    A finished run returns the best checkpoint at once.
+    ``log_every`` may change; a ``last.pt`` written with the old field names ``warmup`` / ``no_decay_for``
+    is read through :meth:`TrainConfig.from_dict`) and the same world size, else :class:`ValueError` (use a
+    new ``out_dir``). A finished run returns the best checkpoint at once.
 ``model-best.tar``
     The epoch with the lowest validation loss, written with
     :func:`mammoclip.checkpoints.save_clip_checkpoint` (released key layout under ``"model"``, tokenizer
@@ -100,13 +103,19 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from transformers import get_cosine_schedule_with_warmup
 
-from mammoclip.models.clip import LOGIT_SCALE_MAX
+from mammoclip.io import atomic_write
 from mammoclip.train import distributed as du
 from mammoclip.train.loss import LOSS_KEYS, clip_loss
-from mammoclip.train.optim import build_optimizer, warmup_cosine
+from mammoclip.train.optim import build_optimizer
+from mammoclip.train.precision import PRECISIONS, autocast
+from mammoclip.train.settings import FROM_SCHEMA, fill_from_schema, schema_defaults
 
 log = logging.getLogger(__name__)
+
+#: the old ``no_decay_for`` rules (read from older checkpoints' configs)
+NO_DECAY_FOR: tuple[str, ...] = ("bias", "norm", "logit_scale")
 
 STATE_FORMAT = "mammoclip-train-state"
 STATE_VERSION = 1
@@ -115,53 +124,49 @@ BEST = "model-best.tar"
 METRICS = "metrics.csv"
 TENSORBOARD = "tensorboard"
 METRIC_COLUMNS = ("epoch", "step", "split", *LOSS_KEYS, "lr", "logit_scale", "images_per_s")
-PRECISIONS = ("fp32", "bf16", "fp16")
 #: TrainConfig fields that may differ between a run and its resumption
 RESUME_MAY_CHANGE = frozenset({"num_workers", "log_every"})
-
 _SALT_TRAIN, _SALT_VAL = 1, 2
 
 
 @dataclass
 class TrainConfig:
-    """Pre-training settings. Defaults follow upstream's configs (section 6.1) except where noted.
+    """Pre-training settings: the trainer's keys of the schema's ``pretrain`` section, under the same names
+    (defaults and descriptions live there; a field left out gets the schema's default), plus ``seed``.
 
-    ``warmup``: an ``int`` is a number of epochs (upstream ``warmup_epochs: 1``), a ``float`` in [0, 1] a
-    fraction of the total optimiser steps (upstream's float form). ``precision``: ``fp32`` | ``bf16`` |
-    ``fp16`` (CUDA only; upstream: fp16 AMP). ``clamp_logit_scale``: upper bound applied after every
-    step (``None`` = upstream's no clamp). ``no_decay_for``: see :mod:`mammoclip.train.optim` (``()`` =
-    upstream, everything decayed). ``val_batch_size``: defaults to ``batch_size``. ``seed``: sampler order,
-    loader-worker seeds, and the global RNGs of rank ``r`` (seeded with ``derive_seed(seed, r)`` at the start
-    of a fresh run; the model itself is built, and so initialised, by the caller). ``cudnn_benchmark``:
-    upstream's ``True`` (faster, not bit-reproducible).
+    ``warmup_epochs``: a whole number is a number of epochs (``min(w · steps_per_epoch, total)`` steps), a
+    fractional one ``w`` is ``round(w / epochs · total)`` steps. ``precision``: ``fp32`` | ``bf16`` | ``fp16``
+    (CUDA only). ``seed``: sampler order, loader-worker seeds, and the global RNGs of rank ``r`` (seeded with
+    ``derive_seed(seed, r)`` at the start of a fresh run; the model itself is built, and so initialised, by
+    the caller); left out, the schema's top-level ``seed``. Build one from a config with :meth:`from_config`.
     """
 
-    epochs: int = 15
-    lr: float = 5e-5
-    weight_decay: float = 1e-4
-    no_decay_for: tuple[str, ...] = ("bias", "norm", "logit_scale")
-    warmup: int | float = 1
-    grad_accum_steps: int = 1
-    max_grad_norm: float | None = None
-    precision: str = "bf16"
-    channels_last: bool = True
-    batch_size: int = 4
-    val_batch_size: int | None = None
-    num_workers: int = 4
-    drop_last: bool = True
-    seed: int = 10
-    clamp_logit_scale: float | None = LOGIT_SCALE_MAX
-    i2i_weight: float = 1.0
-    t2t_weight: float = 0.5
-    label_smoothing: float = 0.0
-    mask_false_negatives: bool = False
-    freeze_text_pooler: bool = True
-    find_unused_parameters: bool = False
-    cudnn_benchmark: bool = True
-    log_every: int = 10
+    epochs: int = FROM_SCHEMA
+    lr: float = FROM_SCHEMA
+    weight_decay: float = FROM_SCHEMA
+    no_weight_decay_for_norms_biases_and_scale: bool = FROM_SCHEMA
+    warmup_epochs: int | float = FROM_SCHEMA
+    grad_accum_steps: int = FROM_SCHEMA
+    max_grad_norm: float | None = FROM_SCHEMA
+    precision: str = FROM_SCHEMA
+    channels_last: bool = FROM_SCHEMA
+    batch_size: int = FROM_SCHEMA
+    val_batch_size: int | None = FROM_SCHEMA
+    num_workers: int = FROM_SCHEMA
+    drop_last: bool = FROM_SCHEMA
+    seed: int = FROM_SCHEMA
+    clamp_logit_scale: float | None = FROM_SCHEMA
+    i2i_weight: float = FROM_SCHEMA
+    t2t_weight: float = FROM_SCHEMA
+    label_smoothing: float = FROM_SCHEMA
+    mask_false_negatives: bool = FROM_SCHEMA
+    freeze_text_pooler: bool = FROM_SCHEMA
+    find_unused_parameters: bool = FROM_SCHEMA
+    cudnn_benchmark: bool = FROM_SCHEMA
+    log_every: int = FROM_SCHEMA
 
     def __post_init__(self) -> None:
-        self.no_decay_for = tuple(self.no_decay_for)
+        fill_from_schema(self, {**schema_defaults("pretrain"), "seed": schema_defaults("seed")})
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
         for name in ("epochs", "batch_size", "grad_accum_steps", "log_every"):
@@ -171,37 +176,73 @@ class TrainConfig:
             raise ValueError(f"val_batch_size must be >= 1, got {self.val_batch_size}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int | float):
-            raise ValueError(f"warmup must be an int (epochs) or a float (fraction), got {self.warmup!r}")
-        if isinstance(self.warmup, float) and not 0.0 <= self.warmup <= 1.0:
-            raise ValueError(f"a float warmup is a fraction of the total steps in [0, 1], got {self.warmup}")
-        if isinstance(self.warmup, int) and self.warmup < 0:
-            raise ValueError(f"warmup epochs must be >= 0, got {self.warmup}")
+        warmup = self.warmup_epochs
+        if isinstance(warmup, bool) or not isinstance(warmup, int | float):
+            raise ValueError(f"warmup_epochs must be a number, got {warmup!r}")
+        if isinstance(warmup, float) and warmup.is_integer():
+            self.warmup_epochs = warmup = int(warmup)
+        if warmup < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup}")
+        if isinstance(warmup, float) and warmup > self.epochs:
+            raise ValueError(f"a fractional warmup_epochs must be at most epochs={self.epochs}, got {warmup}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be positive or None, got {self.max_grad_norm}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
+    @classmethod
+    def from_config(cls, pretrain_section: Mapping[str, Any], *, seed: int, legacy: bool) -> TrainConfig:
+        """From the (schema-validated) ``pretrain`` section of a config; its model and data keys are not
+        the trainer's and are ignored. ``legacy``: no ``logit_scale`` clamp (upstream never clamps)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"seed"}
+        values = {k: v for k, v in pretrain_section.items() if k in names}
+        if legacy:
+            values["clamp_logit_scale"] = None
+        return cls(**values, seed=seed)
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (tuples become lists), as stored in checkpoints."""
-        out = dataclasses.asdict(self)
-        out["no_decay_for"] = list(self.no_decay_for)
-        return out
+        """Plain data, as stored in checkpoints."""
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Build from a mapping (e.g. YAML); unknown keys raise ``ValueError``."""
+        """Build from a mapping (e.g. a checkpoint's ``config``); unknown keys raise ``ValueError``.
+
+        Also reads the field names of older checkpoints: ``warmup`` (an int: epochs; a float in [0, 1]: a
+        fraction of the total steps, i.e. ``warmup · epochs`` epochs) and ``no_decay_for`` (``()``, or the
+        rules ``bias``, ``norm``, ``logit_scale``)."""
+        data = dict(data)
+        if "warmup" in data:
+            if "warmup_epochs" in data:
+                raise ValueError("give warmup_epochs or the old warmup, not both")
+            warmup = data.pop("warmup")
+            if isinstance(warmup, bool) or not isinstance(warmup, int | float):
+                raise ValueError(f"warmup must be an int (epochs) or a float (fraction), got {warmup!r}")
+            if isinstance(warmup, float):
+                if not 0.0 <= warmup <= 1.0:
+                    raise ValueError(
+                        f"a float warmup is a fraction of the total steps in [0, 1], got {warmup}"
+                    )
+                warmup = warmup * data.get("epochs", schema_defaults("pretrain", "epochs"))
+            data["warmup_epochs"] = warmup
+        if "no_decay_for" in data:
+            if "no_weight_decay_for_norms_biases_and_scale" in data:
+                raise ValueError("give no_weight_decay_for_norms_biases_and_scale or the old no_decay_for")
+            rules = set(data.pop("no_decay_for"))
+            if rules and rules != set(NO_DECAY_FOR):
+                raise ValueError(f"no_decay_for must be () or {list(NO_DECAY_FOR)}, got {sorted(rules)}")
+            data["no_weight_decay_for_norms_biases_and_scale"] = bool(rules)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown TrainConfig keys {unknown}; known: {sorted(known)}")
-        return cls(**dict(data))
+        return cls(**data)
 
     def warmup_steps(self, steps_per_epoch: int, total_steps: int) -> int:
         """The warmup length in optimiser steps (see the class docstring)."""
-        if isinstance(self.warmup, int):
-            return min(self.warmup * steps_per_epoch, total_steps)
-        return int(round(self.warmup * total_steps))
+        if isinstance(self.warmup_epochs, int):
+            return min(self.warmup_epochs * steps_per_epoch, total_steps)
+        return int(round(self.warmup_epochs / self.epochs * total_steps))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -279,15 +320,10 @@ def _isolated_rng(seed: int, device: torch.device):
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
@@ -311,12 +347,10 @@ class MetricsLog:
             # drop rows of an epoch that was interrupted after the state we resume from
             with path.open(newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_epochs_up_to]
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            with tmp.open("w", newline="") as f:
+            with atomic_write(path, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
                 writer.writeheader()
                 writer.writerows(rows)
-            os.replace(tmp, path)
         new = not path.exists()
         self._file = path.open("a", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=METRIC_COLUMNS)
@@ -417,7 +451,13 @@ def _typed(value: Any) -> Any:
 
 
 def _check_resumable(state: Mapping[str, Any], config: TrainConfig, world: int, path: Path) -> None:
-    saved = dict(state.get("config") or {})
+    try:  # the settings as this version names them (last.pt of older versions: warmup, no_decay_for)
+        saved = TrainConfig.from_dict(state.get("config") or {}).to_dict()
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{path} was written with training settings this version cannot read ({err}). Use a new output "
+            "folder."
+        ) from None
     now = config.to_dict()
     diff = sorted(
         k
@@ -438,7 +478,72 @@ def _check_resumable(state: Mapping[str, Any], config: TrainConfig, world: int, 
         )
 
 
-def train_clip(
+@dataclass
+class TrainState:
+    """What one epoch hands to the next (and ``last.pt`` keeps): the model being trained (unwrapped), its
+    optimiser, scheduler and GradScaler, the counters, the best epoch so far, and the RNG states to restore
+    when resuming (this rank's entry of ``last.pt["rng"]``). The sampler and the loader generator carry no
+    state: they are reseeded from ``(seed, epoch, rank)`` every epoch."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    epoch: int = 0  # completed epochs
+    global_step: int = 0  # optimiser steps so far
+    best_val: float | None = None
+    best_epoch: int | None = None
+    last_lr: float = 0.0  # the learning rate of the last optimiser step
+    rng: Mapping[str, Any] | None = None
+
+
+@dataclass
+class TrainRun:
+    """The fixed parts of a run: settings, this process's place, files, data and the schedule's length."""
+
+    config: TrainConfig
+    info: du.DistInfo
+    out: Path
+    precision: str  # what runs: fp32 on the CPU whatever the config says
+    channels_last: bool
+    train_dataset: Dataset
+    sampler: DistributedSampler
+    generator: torch.Generator
+    loader: DataLoader
+    val_loader: DataLoader | None
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    tokenizer: Any
+    metadata: Mapping[str, Any]
+    train_model: nn.Module | None = None  # the model or its DDP wrapper (:func:`wrap_model`)
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    @property
+    def world(self) -> int:
+        return self.info.world_size
+
+    @property
+    def rank(self) -> int:
+        return self.info.rank
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / LAST
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / BEST
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.loader)
+
+
+def setup_training(
     model: nn.Module,
     tokenizer: Any,
     train_dataset: Dataset,
@@ -448,20 +553,11 @@ def train_clip(
     out_dir: str | os.PathLike,
     config: TrainConfig,
     metadata: Mapping[str, Any],
-    on_step: Callable[[int, int], None] | None = None,
-) -> Path:
-    """Pre-train ``model`` (a :class:`~mammoclip.models.clip.MammoClip`); return ``out_dir/model-best.tar``.
-
-    See the module docstring for data, DDP, the step, validation, resumption and the files written. Under
-    ``torchrun`` the process group is started here if the caller has not (:func:`init_distributed`); the
-    caller destroys it (:func:`~mammoclip.train.distributed.cleanup`). ``model`` is trained in place (moved
-    to this rank's device). ``metadata`` (plain data) goes into both checkpoints. ``on_step(epoch,
-    global_step)``, if given, is called on every rank after each optimiser step (progress hooks, tests).
-    """
+) -> tuple[TrainRun, TrainState]:
+    """Start (or join) the process group, place the model, build loaders, optimiser, schedule and scaler."""
     info = du.init_distributed()
     device, world, rank = info.device, info.world_size, info.rank
     out = Path(out_dir)
-    last_path, best_path = out / LAST, out / BEST
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
     du.barrier()
@@ -472,7 +568,6 @@ def train_clip(
         log.info("precision %s requested but training on the CPU: using fp32", config.precision)
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise ValueError("precision bf16 requested but this GPU does not support bfloat16; use fp16")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     channels_last = bool(config.channels_last and on_cuda)
     if on_cuda:
         torch.backends.cudnn.benchmark = bool(config.cudnn_benchmark)
@@ -485,7 +580,6 @@ def train_clip(
     if channels_last:
         raw.to(memory_format=torch.channels_last)
 
-    # ---- data ----
     sampler = DistributedSampler(
         train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=False
     )
@@ -523,261 +617,253 @@ def train_clip(
     elif info.is_main:
         log.warning("no validation set: the best checkpoint is chosen by the training loss")
 
-    accum = config.grad_accum_steps
-    steps_per_epoch = math.ceil(n_batches / accum)
+    steps_per_epoch = math.ceil(n_batches / config.grad_accum_steps)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = config.warmup_steps(steps_per_epoch, total_steps)
-
     optimizer = build_optimizer(
-        raw, lr=config.lr, weight_decay=config.weight_decay, no_decay_for=config.no_decay_for
+        raw,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        exclude_norms_biases_and_scale=config.no_weight_decay_for_norms_biases_and_scale,
     )
-    scheduler = warmup_cosine(optimizer, warmup_steps=warmup_steps, total_steps=total_steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
     scaler = torch.amp.GradScaler("cuda" if on_cuda else "cpu", enabled=precision == "fp16")
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    run = TrainRun(
+        config=config,
+        info=info,
+        out=out,
+        precision=precision,
+        channels_last=channels_last,
+        train_dataset=train_dataset,
+        sampler=sampler,
+        generator=generator,
+        loader=loader,
+        val_loader=val_loader,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+        tokenizer=tokenizer,
+        metadata=metadata,
+    )
+    return run, TrainState(model=raw, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
 
-    # ---- resume or start ----
-    start_epoch, global_step, best_val, best_epoch = 0, 0, None, None
-    rng_to_restore = None
-    if last_path.exists():
-        state = load_train_state(last_path)
-        _check_resumable(state, config, world, last_path)
-        start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
-        best_val, best_epoch = state.get("best_val_loss"), state.get("best_epoch")
-        if start_epoch >= config.epochs:
-            if info.is_main:
-                log.info("%s: training already finished (%d epochs); nothing to do", last_path, start_epoch)
-            if not best_path.exists():
-                raise FileNotFoundError(f"{last_path} says training finished but {best_path} is missing")
+
+def resume(run: TrainRun, state: TrainState) -> bool:
+    """Load ``last.pt`` into ``state`` when there is one (or clear leftovers of a run that never finished
+    an epoch); True when that run has already finished (nothing to train)."""
+    config, is_main = run.config, run.info.is_main
+    if run.last_path.exists():
+        saved = load_train_state(run.last_path)
+        _check_resumable(saved, config, run.world, run.last_path)
+        state.epoch, state.global_step = int(saved["epoch"]), int(saved["global_step"])
+        state.best_val, state.best_epoch = saved.get("best_val_loss"), saved.get("best_epoch")
+        if state.epoch >= config.epochs:
+            if is_main:
+                log.info(
+                    "%s: training already finished (%d epochs); nothing to do", run.last_path, state.epoch
+                )
+            if not run.best_path.exists():
+                raise FileNotFoundError(
+                    f"{run.last_path} says training finished but {run.best_path} is missing"
+                )
             du.barrier()
-            return best_path
-        raw.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        rng_to_restore = state["rng"][rank]
-        if info.is_main:
+            return True
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.scheduler.load_state_dict(saved["scheduler"])
+        state.scaler.load_state_dict(saved["scaler"])
+        state.rng = saved["rng"][run.rank]
+        if is_main:
             log.info(
                 "resuming from %s: %d of %d epochs done, step %d, best validation loss %s",
-                last_path,
-                start_epoch,
+                run.last_path,
+                state.epoch,
                 config.epochs,
-                global_step,
-                best_val,
+                state.global_step,
+                state.best_val,
             )
-        del state
-    else:
-        if info.is_main:
-            # leftovers of a run that never completed an epoch
-            best_path.unlink(missing_ok=True)
-            shutil.rmtree(out / TENSORBOARD, ignore_errors=True)
-            log.info(
-                "training from scratch: %d epochs x %d steps (warmup %d), batch %d x accum %d x %d "
-                "process(es) = %d, precision %s, device %s",
-                config.epochs,
-                steps_per_epoch,
-                warmup_steps,
-                config.batch_size,
-                accum,
-                world,
-                config.batch_size * accum * world,
-                precision,
-                device,
-            )
-    du.barrier()
-
-    train_model: nn.Module = raw
-    if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(
-            raw,
-            device_ids=[device.index] if on_cuda else None,
-            find_unused_parameters=config.find_unused_parameters,
+        del saved
+    elif is_main:
+        # leftovers of a run that never completed an epoch
+        run.best_path.unlink(missing_ok=True)
+        shutil.rmtree(run.out / TENSORBOARD, ignore_errors=True)
+        log.info(
+            "training from scratch: %d epochs x %d steps (warmup %d), batch %d x accum %d x %d "
+            "process(es) = %d, precision %s, device %s",
+            config.epochs,
+            run.steps_per_epoch,
+            run.warmup_steps,
+            config.batch_size,
+            config.grad_accum_steps,
+            run.world,
+            config.batch_size * config.grad_accum_steps * run.world,
+            run.precision,
+            run.device,
         )
+    du.barrier()
+    return False
 
-    metrics = writer = None
-    if info.is_main:
-        metrics = MetricsLog(out / METRICS, keep_epochs_up_to=start_epoch if start_epoch else None)
-        from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out / TENSORBOARD), purge_step=global_step + 1 if start_epoch else None)
+def wrap_model(run: TrainRun, state: TrainState) -> nn.Module:
+    """The module the training steps call: the model itself, or its DDP wrapper with several ranks."""
+    if run.world > 1:
+        return nn.parallel.DistributedDataParallel(
+            state.model,
+            device_ids=[run.device.index] if run.device.type == "cuda" else None,
+            find_unused_parameters=run.config.find_unused_parameters,
+        )
+    return state.model
 
-    def autocast():
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=amp_dtype)
 
-    def emit(split: str, epoch: int, values: torch.Tensor, images_per_s: float) -> None:
-        if not info.is_main:
-            return
-        row = {"epoch": epoch, "step": global_step, "split": split, "lr": last_lr}
-        row.update({k: float(v) for k, v in zip(LOSS_KEYS, values.tolist(), strict=True)})
-        row["logit_scale"] = float(raw.logit_scale.detach().exp())
-        row["images_per_s"] = images_per_s
-        metrics.write(row)
-        for key in (*LOSS_KEYS, "images_per_s"):
-            writer.add_scalar(f"{split}/{key}", row[key], global_step)
-        if split == "train_step":
-            writer.add_scalar("lr", last_lr, global_step)
-            writer.add_scalar("logit_scale", row["logit_scale"], global_step)
-
-    # RNG set-up last, so that nothing above can consume random numbers in between
-    if rng_to_restore is not None:
-        restore_rng(rng_to_restore)
+def start_rng(run: TrainRun, state: TrainState) -> None:
+    """Restore the RNG states of ``last.pt`` or seed a fresh run (called last, right before training)."""
+    if state.rng is not None:
+        restore_rng(state.rng)
     else:
-        seed_everything(derive_seed(config.seed, rank))
-    last_lr = float(scheduler.get_last_lr()[0])
-    try:
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            sampler.set_epoch(epoch)
-            set_dataset_epoch(train_dataset, epoch)
-            generator.manual_seed(derive_seed(config.seed, epoch, rank, _SALT_TRAIN))
-            train_model.train()
-            epoch_sum = torch.zeros(len(LOSS_KEYS), device=device)
-            window_sum = torch.zeros(len(LOSS_KEYS), device=device)
-            window_n = epoch_n = 0
-            window_images = epoch_images = 0
-            t_window = t_epoch = time.perf_counter()
-            from tqdm.auto import tqdm
+        seed_everything(derive_seed(run.config.seed, run.rank))
 
-            bar = tqdm(
-                total=n_batches,
-                desc=f"epoch {epoch}/{config.epochs}",
-                disable=not info.is_main,
-                dynamic_ncols=True,
-                leave=False,
-                # a log file (Snakemake rule) gets a line every 30 s, not every 0.1 s
-                mininterval=1.0 if sys.stderr.isatty() else 30.0,
+
+class Recorder:
+    """``metrics.csv`` and TensorBoard rows (rank 0; a no-op elsewhere). A resumed run drops the rows of an
+    epoch it lost and purges the TensorBoard events after its step."""
+
+    def __init__(self, run: TrainRun, state: TrainState) -> None:
+        self.metrics: MetricsLog | None = None
+        self.writer: Any = None
+        if run.info.is_main:
+            resumed = state.epoch > 0
+            self.metrics = MetricsLog(run.out / METRICS, keep_epochs_up_to=state.epoch if resumed else None)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(
+                str(run.out / TENSORBOARD), purge_step=state.global_step + 1 if resumed else None
             )
-            optimizer.zero_grad(set_to_none=True)
-            for i, batch in enumerate(loader):
-                group_start = (i // accum) * accum
-                group_size = min(accum, n_batches - group_start)
-                step_now = i - group_start == group_size - 1
-                batch = _to_device(batch, device, channels_last)
-                sync = contextlib.nullcontext()
-                if world > 1 and not step_now:
-                    sync = train_model.no_sync()
-                with sync:
-                    with autocast():
-                        losses = _forward_loss(train_model, batch, config, train=True)
-                    scaler.scale(losses["loss"] / group_size).backward()
-                stats = _stack(losses)
-                window_sum += stats
-                epoch_sum += stats
-                window_n += 1
-                epoch_n += 1
-                images = _images_in(batch) * world
-                window_images += images
-                epoch_images += images
-                bar.update(1)
-                if not step_now:
-                    continue
 
-                if config.max_grad_norm is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                last_lr = float(scheduler.get_last_lr()[0])
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                if config.clamp_logit_scale is not None:
-                    raw.clamp_logit_scale(config.clamp_logit_scale)
-                global_step += 1
+    def emit(
+        self, split: str, epoch: int, state: TrainState, values: torch.Tensor, images_per_s: float
+    ) -> None:
+        if self.metrics is None:
+            return
+        step = state.global_step
+        row = {"epoch": epoch, "step": step, "split": split, "lr": state.last_lr}
+        row.update({k: float(v) for k, v in zip(LOSS_KEYS, values.tolist(), strict=True)})
+        row["logit_scale"] = float(state.model.logit_scale.detach().exp())
+        row["images_per_s"] = images_per_s
+        self.metrics.write(row)
+        for key in (*LOSS_KEYS, "images_per_s"):
+            self.writer.add_scalar(f"{split}/{key}", row[key], step)
+        if split == "train_step":
+            self.writer.add_scalar("lr", state.last_lr, step)
+            self.writer.add_scalar("logit_scale", row["logit_scale"], step)
 
-                if global_step % config.log_every == 0 or i == n_batches - 1:
-                    values = du.reduce_mean(window_sum / window_n)
-                    now = time.perf_counter()
-                    rate = window_images / max(now - t_window, 1e-9)
-                    emit("train_step", epoch, values, rate)
-                    bar.set_postfix(loss=f"{float(values[0]):.4f}", img_s=f"{rate:.1f}")
-                    window_sum.zero_()
-                    window_n = window_images = 0
-                    t_window = now
-                if on_step is not None:
-                    on_step(epoch, global_step)
-            bar.close()
-            train_values = du.reduce_mean(epoch_sum / epoch_n)
-            emit("train", epoch, train_values, epoch_images / max(time.perf_counter() - t_epoch, 1e-9))
-            train_loss = float(train_values[0])
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
 
-            du.broadcast_buffers(raw)
-            if val_loader is not None:
-                val_values, val_rate = _validate(
-                    raw, val_loader, config, device, rank, autocast, channels_last
-                )
-                emit("val", epoch, val_values, val_rate)
-                score = float(val_values[0])
-            else:
-                score = train_loss
-            if info.is_main:
-                log.info(
-                    "epoch %d/%d: train loss %.5f, %s loss %.5f",
-                    epoch,
-                    config.epochs,
-                    train_loss,
-                    "val" if val_loader is not None else "train",
-                    score,
-                )
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.writer is not None:
+            self.writer.close()
 
-            if not math.isfinite(score) and info.is_main:
-                log.warning("epoch %d: non-finite loss %s; it cannot become the best epoch", epoch, score)
-            improved = math.isfinite(score) and (best_val is None or score < best_val)
-            if improved:
-                best_val, best_epoch = score, epoch
-                if info.is_main:
-                    meta = {
-                        **dict(metadata),
-                        "epoch": epoch,
-                        "global_step": global_step,
-                        "val_loss": score if val_loader is not None else None,
-                        "train_loss": train_loss,
-                        "seed": config.seed,
-                        "train_config": config.to_dict(),
-                        "world_size": world,
-                        "effective_batch_size": config.batch_size * accum * world,
-                        "selected_by": "val_loss" if val_loader is not None else "train_loss",
-                    }
-                    from mammoclip.checkpoints import save_clip_checkpoint
 
-                    save_clip_checkpoint(
-                        best_path, raw, metadata=meta, tokenizer=tokenizer, epoch=epoch, train_loss=train_loss
-                    )
-                    log.info("epoch %d is the best so far: wrote %s", epoch, best_path)
+def train_one_epoch(
+    run: TrainRun,
+    state: TrainState,
+    epoch: int,
+    recorder: Recorder,
+    on_step: Callable[[int, int], None] | None = None,
+) -> float:
+    """One pass over the training loader (accumulation, clipping, schedule, clamp, rows every
+    ``log_every`` steps); returns the epoch's mean training loss over all ranks."""
+    config, device, world, raw = run.config, run.device, run.world, state.model
+    optimizer, scheduler, scaler = state.optimizer, state.scheduler, state.scaler
+    train_model = run.train_model if run.train_model is not None else raw
+    accum, n_batches = config.grad_accum_steps, run.n_batches
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    run.sampler.set_epoch(epoch)
+    set_dataset_epoch(run.train_dataset, epoch)
+    run.generator.manual_seed(derive_seed(config.seed, epoch, run.rank, _SALT_TRAIN))
+    train_model.train()
+    epoch_sum = torch.zeros(len(LOSS_KEYS), device=device)
+    window_sum = torch.zeros(len(LOSS_KEYS), device=device)
+    window_n = epoch_n = 0
+    window_images = epoch_images = 0
+    t_window = t_epoch = time.perf_counter()
+    from tqdm.auto import tqdm
 
-            rng_states = du.all_gather_object(capture_rng())
-            if info.is_main:
-                _save_state(
-                    last_path,
-                    raw=raw,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    scaler=scaler,
-                    rng_states=rng_states,
-                    epoch=epoch,
-                    global_step=global_step,
-                    best_val=best_val,
-                    best_epoch=best_epoch,
-                    config=config,
-                    world=world,
-                    steps_per_epoch=steps_per_epoch,
-                    total_steps=total_steps,
-                    warmup_steps=warmup_steps,
-                    metadata=metadata,
-                )
-                writer.flush()
-            du.barrier()
-    finally:
-        if metrics is not None:
-            metrics.close()
-        if writer is not None:
-            writer.close()
-    if best_epoch is None:
-        raise RuntimeError(f"no epoch had a finite loss (diverged?); see {out / METRICS}")
-    return best_path
+    bar = tqdm(
+        total=n_batches,
+        desc=f"epoch {epoch}/{config.epochs}",
+        disable=not run.info.is_main,
+        dynamic_ncols=True,
+        leave=False,
+        # a log file (Snakemake rule) gets a line every 30 s, not every 0.1 s
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(run.loader):
+        group_start = (i // accum) * accum
+        group_size = min(accum, n_batches - group_start)
+        step_now = i - group_start == group_size - 1
+        batch = _to_device(batch, device, run.channels_last)
+        sync: Any = contextlib.nullcontext()
+        if world > 1 and not step_now:
+            sync = train_model.no_sync()
+        with sync:
+            with autocast(device, run.precision):
+                losses = _forward_loss(train_model, batch, config, train=True)
+            scaler.scale(losses["loss"] / group_size).backward()
+        stats = _stack(losses)
+        window_sum += stats
+        epoch_sum += stats
+        window_n += 1
+        epoch_n += 1
+        images = _images_in(batch) * world
+        window_images += images
+        epoch_images += images
+        bar.update(1)
+        if not step_now:
+            continue
+
+        if config.max_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        state.last_lr = float(scheduler.get_last_lr()[0])
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if config.clamp_logit_scale is not None:
+            raw.clamp_logit_scale(config.clamp_logit_scale)
+        state.global_step += 1
+
+        if state.global_step % config.log_every == 0 or i == n_batches - 1:
+            values = du.reduce_mean(window_sum / window_n)
+            now = time.perf_counter()
+            rate = window_images / max(now - t_window, 1e-9)
+            recorder.emit("train_step", epoch, state, values, rate)
+            bar.set_postfix(loss=f"{float(values[0]):.4f}", img_s=f"{rate:.1f}")
+            window_sum.zero_()
+            window_n = window_images = 0
+            t_window = now
+        if on_step is not None:
+            on_step(epoch, state.global_step)
+    bar.close()
+    train_values = du.reduce_mean(epoch_sum / epoch_n)
+    recorder.emit(
+        "train", epoch, state, train_values, epoch_images / max(time.perf_counter() - t_epoch, 1e-9)
+    )
+    return float(train_values[0])
 
 
 @torch.no_grad()
-def _validate(raw, loader, config, device, rank, autocast, channels_last) -> tuple[torch.Tensor, float]:
+def validate(run: TrainRun, state: TrainState) -> tuple[torch.Tensor, float]:
+    """``(per-sample mean loss terms over all ranks, images per second)`` on the validation loader, in eval
+    mode, with the RNGs seeded identically every time and restored afterwards."""
+    raw, loader, config, device = state.model, run.val_loader, run.config, run.device
+    if loader is None:
+        raise ValueError("this run has no validation set")
     was_training = raw.training
     raw.eval()
     total = torch.zeros(len(LOSS_KEYS), device=device, dtype=torch.float64)
@@ -785,11 +871,11 @@ def _validate(raw, loader, config, device, rank, autocast, channels_last) -> tup
     images = 0
     start = time.perf_counter()
     try:
-        with _isolated_rng(derive_seed(config.seed, rank, _SALT_VAL), device):
-            loader.generator.manual_seed(derive_seed(config.seed, rank, _SALT_VAL))
+        with _isolated_rng(derive_seed(config.seed, run.rank, _SALT_VAL), device):
+            loader.generator.manual_seed(derive_seed(config.seed, run.rank, _SALT_VAL))
             for batch in loader:
-                batch = _to_device(batch, device, channels_last)
-                with autocast():
+                batch = _to_device(batch, device, run.channels_last)
+                with autocast(device, run.precision):
                     losses = _forward_loss(raw, batch, config, train=False)
                 n = batch["images"].shape[0]
                 total += _stack(losses).double() * n
@@ -802,51 +888,138 @@ def _validate(raw, loader, config, device, rank, autocast, channels_last) -> tup
     return (total / count).float(), rate
 
 
-def _save_state(
-    path: Path,
+def end_epoch(run: TrainRun, state: TrainState, epoch: int, *, score: float, train_loss: float) -> None:
+    """Keep the best epoch (lowest finite ``score``; rank 0 writes ``model-best.tar``), mark ``epoch`` done
+    and write ``last.pt`` (rank 0, with every rank's RNG states)."""
+    config, is_main, by_val = run.config, run.info.is_main, run.val_loader is not None
+    if not math.isfinite(score) and is_main:
+        log.warning("epoch %d: non-finite loss %s; it cannot become the best epoch", epoch, score)
+    if math.isfinite(score) and (state.best_val is None or score < state.best_val):
+        state.best_val, state.best_epoch = score, epoch
+        if is_main:
+            accum = config.grad_accum_steps
+            meta = {
+                **dict(run.metadata),
+                "epoch": epoch,
+                "global_step": state.global_step,
+                "val_loss": score if by_val else None,
+                "train_loss": train_loss,
+                "seed": config.seed,
+                "train_config": config.to_dict(),
+                "world_size": run.world,
+                "effective_batch_size": config.batch_size * accum * run.world,
+                "selected_by": "val_loss" if by_val else "train_loss",
+            }
+            from mammoclip.checkpoints import save_clip_checkpoint
+
+            save_clip_checkpoint(
+                run.best_path,
+                state.model,
+                metadata=meta,
+                tokenizer=run.tokenizer,
+                epoch=epoch,
+                train_loss=train_loss,
+            )
+            log.info("epoch %d is the best so far: wrote %s", epoch, run.best_path)
+    state.epoch = epoch
+    rng_states = du.all_gather_object(capture_rng())
+    if is_main:
+        _save_state(run.last_path, run=run, state=state, rng_states=rng_states)
+
+
+def train_clip(
+    model: nn.Module,
+    tokenizer: Any,
+    train_dataset: Dataset,
+    val_dataset: Dataset | None,
+    collate_fn: Callable[[list[Any]], Mapping[str, Any]],
     *,
-    raw,
-    optimizer,
-    scheduler,
-    scaler,
-    rng_states,
-    epoch,
-    global_step,
-    best_val,
-    best_epoch,
+    out_dir: str | os.PathLike,
     config: TrainConfig,
-    world,
-    steps_per_epoch,
-    total_steps,
-    warmup_steps,
-    metadata,
-) -> None:
+    metadata: Mapping[str, Any],
+    on_step: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Pre-train ``model`` (a :class:`~mammoclip.models.clip.MammoClip`); return ``out_dir/model-best.tar``.
+
+    See the module docstring for data, DDP, the step, validation, resumption and the files written. Under
+    ``torchrun`` the process group is started here if the caller has not (:func:`init_distributed`); the
+    caller destroys it (:func:`~mammoclip.train.distributed.cleanup`). ``model`` is trained in place (moved
+    to this rank's device). ``metadata`` (plain data) goes into both checkpoints. ``on_step(epoch,
+    global_step)``, if given, is called on every rank after each optimiser step (progress hooks, tests).
+    """
+    run, state = setup_training(
+        model,
+        tokenizer,
+        train_dataset,
+        val_dataset,
+        collate_fn,
+        out_dir=out_dir,
+        config=config,
+        metadata=metadata,
+    )
+    if resume(run, state):
+        return run.best_path
+    run.train_model = wrap_model(run, state)
+    recorder = Recorder(run, state)
+    start_rng(run, state)
+    state.last_lr = float(state.scheduler.get_last_lr()[0])
+    try:
+        for epoch in range(state.epoch + 1, config.epochs + 1):
+            train_loss = train_one_epoch(run, state, epoch, recorder, on_step)
+            du.broadcast_buffers(state.model)
+            if run.val_loader is not None:
+                val_values, val_rate = validate(run, state)
+                recorder.emit("val", epoch, state, val_values, val_rate)
+                score = float(val_values[0])
+            else:
+                score = train_loss
+            if run.info.is_main:
+                log.info(
+                    "epoch %d/%d: train loss %.5f, %s loss %.5f",
+                    epoch,
+                    config.epochs,
+                    train_loss,
+                    "val" if run.val_loader is not None else "train",
+                    score,
+                )
+            end_epoch(run, state, epoch, score=score, train_loss=train_loss)
+            recorder.flush()
+            du.barrier()
+    finally:
+        recorder.close()
+    if state.best_epoch is None:
+        raise RuntimeError(f"no epoch had a finite loss (diverged?); see {run.out / METRICS}")
+    return run.best_path
+
+
+def _save_state(path: Path, *, run: TrainRun, state: TrainState, rng_states: list[Any]) -> None:
     from mammoclip.checkpoints import _plain_data
     from mammoclip.provenance import code_version
 
-    state = {
+    config = run.config
+    saved = {
         "format": STATE_FORMAT,
         "version": STATE_VERSION,
-        "epoch": int(epoch),
-        "global_step": int(global_step),
-        "best_val_loss": None if best_val is None else float(best_val),
-        "best_epoch": best_epoch,
-        "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
+        "epoch": int(state.epoch),
+        "global_step": int(state.global_step),
+        "best_val_loss": None if state.best_val is None else float(state.best_val),
+        "best_epoch": state.best_epoch,
+        "model": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
         "rng": rng_states,
         "loader": {
             "sampler_seed": int(config.seed),
-            "sampler_epoch": int(epoch),
+            "sampler_epoch": int(state.epoch),
             "generator_seed_rule": "derive_seed(seed, epoch, rank, 1) at the start of each epoch",
         },
         "config": config.to_dict(),
-        "world_size": int(world),
-        "steps_per_epoch": int(steps_per_epoch),
-        "total_steps": int(total_steps),
-        "warmup_steps": int(warmup_steps),
+        "world_size": int(run.world),
+        "steps_per_epoch": int(run.steps_per_epoch),
+        "total_steps": int(run.total_steps),
+        "warmup_steps": int(run.warmup_steps),
         "code_version": code_version(),
-        "metadata": _plain_data(dict(metadata)),
+        "metadata": _plain_data(dict(run.metadata)),
     }
-    _atomic_save(state, path)
+    _atomic_save(saved, path)

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mammoclip.io import atomic_copy
+
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +38,7 @@ def build_text_model(
     """The demo's tiny BERT: a WordPiece vocabulary trained on the report corpus, our VinDr prompts and
     the scoring prompts, so that every word the model will read is in its vocabulary."""
     from mammoclip.annotations.reports import read_pretraining_table
-    from mammoclip.data.pretrain import load_prompts
+    from mammoclip.data.clip_data import load_prompts
     from mammoclip.inference import normalise_prompt
     from mammoclip.models.text_encoders import build_tiny_bert
 
@@ -61,7 +63,7 @@ def run_pretraining(params: Mapping[str, Any]) -> Path:
     """Build data, model and trainer from ``params`` and train; returns the best checkpoint path."""
     import torch
 
-    from mammoclip.data.pretrain import build_pretraining_datasets, make_collate
+    from mammoclip.data.clip_data import build_pretraining_datasets, make_collate
     from mammoclip.models.clip import build_clip
     from mammoclip.train.pretrain import TrainConfig, seed_everything, train_clip
 
@@ -110,10 +112,7 @@ def launch_pretraining(
     params_file.write_text(json.dumps(dict(params), indent=2, sort_keys=True) + "\n")
     best = run_pretraining(params) if gpus <= 1 else _run_torchrun(params_file, gpus)
     shutil.copyfile(out_dir / "metrics.csv", metrics)
-    tmp = Path(checkpoint).with_name(f".{Path(checkpoint).name}.tmp")
-    shutil.copyfile(best, tmp)
-    os.replace(tmp, checkpoint)
-    return Path(checkpoint)
+    return atomic_copy(best, checkpoint)
 
 
 def _run_torchrun(params_file: Path, gpus: int) -> Path:

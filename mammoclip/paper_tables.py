@@ -7,7 +7,7 @@ Inputs
   protocol (paper|clean), fold, seed, value, value_low, value_high, majority_baseline, checkpoint,
   code_version``. ``model`` is our model's name; ``paper_model`` names the column of the paper's results
   (``clip_rn50, clip_enb5, mc_enb2, mc_enb5, mc_enb5_vindr``) it is compared with, or is empty.
-* The paper's numbers, ``reference/paper-results.csv`` (:func:`read_paper_results`), read off the authors'
+* The paper's numbers, ``config/paper-results.csv`` (:func:`read_paper_results`), read off the authors'
   charts to about +-0.01.
 
 Steps
@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from mammoclip.evaluate.metrics import summarise_runs
+from mammoclip.io import atomic_path, atomic_write
 
 __all__ = [
     "PAPER_MODELS",
@@ -110,7 +111,7 @@ def _clean_text(series: pd.Series) -> pd.Series:
     return series.fillna("").astype(str).str.strip().replace({"nan": "", "None": ""})
 
 
-def _frac(series: pd.Series) -> pd.Series:
+def _fraction(series: pd.Series) -> pd.Series:
     values = pd.to_numeric(series, errors="raise").astype(np.float64)
     if values.isna().any() or ((values <= 0) | (values > 1)).any():
         raise ValueError("data_frac must be in (0, 1]")
@@ -131,7 +132,7 @@ def read_paper_results(path: str | os.PathLike) -> pd.DataFrame:
         raise ValueError(f"{path}: not a paper-results table (missing {missing or 'model columns'})")
     for column in ["dataset", "task", "label", "metric", "setting"]:
         wide[column] = _clean_text(wide[column])
-    wide["data_frac"] = _frac(wide["data_frac"])
+    wide["data_frac"] = _fraction(wide["data_frac"])
     wide["_row"] = np.arange(len(wide))
     long = wide.melt(
         id_vars=["_row", "dataset", "task", *KEY[1:]],
@@ -161,7 +162,7 @@ def _check_runs(runs: pd.DataFrame) -> pd.DataFrame:
     bad = sorted(set(frame["protocol"]) - set(PROTOCOL_CAPTIONS))
     if bad:
         raise ValueError(f"runs table: unknown protocol(s) {bad}; expected {sorted(PROTOCOL_CAPTIONS)}")
-    frame["data_frac"] = _frac(frame["data_frac"])
+    frame["data_frac"] = _fraction(frame["data_frac"])
     for column in ["value", *_OPTIONAL_NUMERIC]:
         if column not in frame.columns:
             frame[column] = NAN
@@ -347,9 +348,9 @@ def paper_table(aggregated: pd.DataFrame, paper: pd.DataFrame, *, protocol: str)
     if protocol not in PROTOCOL_CAPTIONS:
         raise ValueError(f"protocol must be one of {sorted(PROTOCOL_CAPTIONS)}, got {protocol!r}")
     ours = aggregated[aggregated["protocol"] == protocol].copy()
-    ours["data_frac"] = _frac(ours["data_frac"]) if len(ours) else ours["data_frac"]
+    ours["data_frac"] = _fraction(ours["data_frac"]) if len(ours) else ours["data_frac"]
     paper = paper.copy()
-    paper["data_frac"] = _frac(paper["data_frac"])
+    paper["data_frac"] = _fraction(paper["data_frac"])
 
     models: dict[str, str] = {}
     for model, group in ours.groupby("model", sort=True):
@@ -490,12 +491,6 @@ def to_markdown(table: pd.DataFrame, *, caption: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_table_files(
     table: pd.DataFrame, out_stem: str | os.PathLike, caption: str = ""
 ) -> tuple[Path, Path]:
@@ -507,9 +502,11 @@ def write_table_files(
     stem = Path(out_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     md, csv = stem.with_name(stem.name + ".md"), stem.with_name(stem.name + ".csv")
-    _write_atomic(md, to_markdown(table, caption=caption).encode("utf-8"))
+    with atomic_write(md, "wb") as handle:
+        handle.write(to_markdown(table, caption=caption).encode("utf-8"))
     text = table.to_csv(index=False, lineterminator="\n", na_rep="", float_format="%.17g")
-    _write_atomic(csv, text.encode("utf-8"))
+    with atomic_write(csv, "wb") as handle:
+        handle.write(text.encode("utf-8"))
     return md, csv
 
 
@@ -590,7 +587,7 @@ def data_efficiency_plot(
     if sel.empty:
         raise ValueError(f"data_efficiency_plot: no lp/ft results for {dataset}/{label}/{metric}")
 
-    # series: (legend, colour, setting, dashed, [(frac, value, std)])
+    # series: (legend, colour, setting, dashed, [(fraction, value, std)])
     models = {m: _clean_text(g["paper_model"]).iloc[0] for m, g in sel.groupby("model", sort=True)}
     order = _model_order(models)
     protocols = sorted(set(sel["protocol"]))
@@ -632,8 +629,8 @@ def data_efficiency_plot(
     left, right, top, bottom = 110, width - 250, 60, height - 70
     black, grey = (0, 0, 0), (220, 220, 220)
 
-    def px(frac: float) -> float:
-        return left + (frac - 0.0) / 1.0 * (right - left)
+    def px(fraction: float) -> float:
+        return left + (fraction - 0.0) / 1.0 * (right - left)
 
     def py(value: float) -> float:
         return bottom - (value - lo) / (hi - lo) * (bottom - top)
@@ -646,8 +643,8 @@ def data_efficiency_plot(
         draw.line([(left, y), (right, y)], fill=grey, width=1)
         draw.text((left - 8, y), f"{tick:.2f}", fill=black, font=small, anchor="rm")
         tick += step
-    fracs = sorted({f for *_, pts in series for f, _, _ in pts} | {0.1, 0.5, 1.0})
-    for f in fracs:
+    fractions = sorted({f for *_, pts in series for f, _, _ in pts} | {0.1, 0.5, 1.0})
+    for f in fractions:
         draw.line([(px(f), bottom), (px(f), bottom + 5)], fill=black, width=1)
         draw.text((px(f), bottom + 8), f"{f * 100:g}%", fill=black, font=small, anchor="mt")
     draw.rectangle([left, top, right, bottom], outline=black, width=1)
@@ -690,8 +687,6 @@ def data_efficiency_plot(
         ly += 20
 
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    img.save(tmp, format="PNG", optimize=False, compress_level=9)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        img.save(tmp, format="PNG", optimize=False, compress_level=9)
     return out

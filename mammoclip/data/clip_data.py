@@ -1,5 +1,5 @@
-"""Pre-training datasets, VinDr label -> report text, and the collate function (upstream-mammoclip.md
-sections 5.3, 6.5, 6.6; defects of section 13.1 items 7, 14 and 21 fixed).
+"""Pre-training datasets, VinDr label -> report text, and the collate function (docs/upstream.md#pretraining,
+with upstream's data defects fixed).
 
 Datasets. Each item is one breast (a row of a table):
 

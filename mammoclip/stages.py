@@ -1,0 +1,747 @@
+"""One function per Snakemake rule, with the rule's name, in the order of the DAG.
+
+A stage takes the rule's input paths, output paths and parameters as keyword arguments, reads the inputs,
+calls the package's single-purpose functions and writes every output of the rule (provenance included).
+The workflow scripts only unpack the ``snakemake`` object and call one stage, so everything a rule does can
+be run and tested without Snakemake. What differs per dataset comes from :mod:`mammoclip.registry`.
+
+DAG: phantom -> convert_shard -> join_manifest -> vindr_tables / rsna_folds / prepare_reports ->
+augment_reports -> tiny_text_model -> pretrain -> embed_images -> score_images -> zero_shot; classify ->
+classification_table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mammoclip import registry
+from mammoclip.datasets import DatasetSpec, list_images, read_metadata, select_shard
+from mammoclip.preprocess import check_failures, combine_manifests, convert_images, read_manifest
+from mammoclip.provenance import write_provenance
+from mammoclip.runs import RunKey
+
+log = logging.getLogger(__name__)
+
+PathLike = str | Path
+
+#: the id columns every annotation table is read with as strings
+_ID_COLUMNS = ("patient_id", "image_id")
+
+
+# --------------------------------------------------------------------------------------------------
+# Phantom data (demo only)
+# --------------------------------------------------------------------------------------------------
+
+
+def phantom(
+    *,
+    dataset: str,
+    out_dir: PathLike,
+    size: int,
+    image_scale: float,
+    seed: int,
+    transfer_syntaxes: Sequence[str],
+    options: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Rules ``phantom_{dataset}``: write the phantom of ``dataset`` (metadata CSVs, DICOMs, truth and lesion
+    tables) into ``out_dir``, ``size`` studies/patients big; ``options``: the generator's further settings
+    (its registry entry's ``phantom_options``). Returns the per-image truth table."""
+    entry = registry.get_dataset(dataset)
+    generate = registry.resolve(entry.phantom_generator)
+    out_dir = Path(out_dir)
+    truth = generate(
+        out_dir,
+        **{entry.phantom_size_key: size},
+        **dict(options or {}),
+        progress=True,
+        image_scale=image_scale,
+        seed=seed,
+        transfer_syntaxes=tuple(transfer_syntaxes),
+    )
+    log.info("generated phantom %s: %d images in %s", dataset, len(truth), out_dir)
+    return truth
+
+
+# --------------------------------------------------------------------------------------------------
+# DICOM -> PNG
+# --------------------------------------------------------------------------------------------------
+
+
+def convert_shard(
+    *,
+    spec: DatasetSpec | Mapping[str, str],
+    shard: int,
+    n_shards: int,
+    png_root: PathLike,
+    width: int,
+    height: int,
+    legacy: bool,
+    processes: int,
+    manifest: PathLike,
+) -> pd.DataFrame:
+    """Convert (or, for a PNG release, check) the images of one shard with ``processes`` workers and write
+    the shard's ``manifest``. ``spec``: the dataset's :class:`DatasetSpec` (or its ``to_params()``)."""
+    if not isinstance(spec, DatasetSpec):
+        spec = DatasetSpec.from_params(spec)
+    images = list_images(spec, read_metadata(spec.metadata_csv), png_root=png_root)
+    part = select_shard(images, shard, n_shards)
+    log.info(
+        "%s shard %d/%d: %d of %d images from %s (%s)",
+        spec.name,
+        shard,
+        n_shards,
+        len(part),
+        len(images),
+        spec.root,
+        spec.source,
+    )
+    table = convert_images(part, width=width, height=height, legacy=legacy, processes=processes)
+    failed = table[table["status"] != "ok"]
+    for row in failed.itertuples():
+        log.warning("failed: %s (%s)", row.source_path, row.reason)
+    log.info("%s shard %d: %d ok, %d failed", spec.name, shard, len(table) - len(failed), len(failed))
+    table.to_csv(manifest, index=False)
+    return table
+
+
+def join_manifest(
+    *,
+    shards: Sequence[PathLike],
+    manifest: PathLike,
+    provenance: PathLike,
+    spec: Mapping[str, str],
+    max_failed_fraction: float,
+    seed: int,
+    width: int,
+    height: int,
+    legacy: bool,
+) -> pd.DataFrame:
+    """Join the shard manifests into the dataset's ``manifest`` (+ ``provenance``); fail with the list of
+    bad files when more than ``max_failed_fraction`` of the images failed."""
+    table = combine_manifests(shards)
+    check_failures(table, max_failed_fraction)
+    n_failed = int((table["status"] != "ok").sum())
+    log.info("manifest: %d images, %d failed (limit %.1f%%)", len(table), n_failed, 100 * max_failed_fraction)
+    table.to_csv(manifest, index=False)
+    write_provenance(
+        provenance,
+        stage="preprocess",
+        dataset=spec["name"],
+        source=spec["source"],
+        data_root=spec["root"],
+        metadata_csv=spec["metadata_csv"],
+        width=width,
+        height=height,
+        legacy=legacy,
+        seed=seed,
+        images=len(table),
+        failed=int((table["status"] != "ok").sum()),
+    )
+    return table
+
+
+# --------------------------------------------------------------------------------------------------
+# Annotations and reports (one rule per dataset)
+# --------------------------------------------------------------------------------------------------
+
+
+def build_vindr_tables(
+    breast: PathLike,
+    findings: PathLike,
+    manifest: PathLike,
+    *,
+    n_folds: int,
+    seed: int,
+    legacy: bool = False,
+    box_table: PathLike | None = None,
+) -> dict[str, pd.DataFrame]:
+    """VinDr's row-level (upstream granularity), image-level, box and image-label tables, in memory.
+
+    Boxes are mapped into the PNG frame with the crop boxes of the preprocessing manifest (upstream's
+    arithmetic with ``legacy``), or taken from upstream's row table ``box_table`` (validated against the
+    annotations) for the authors' PNG release; images that failed conversion are excluded and counted in
+    the log. ``legacy`` keeps boxes that stick out of the image as they are (else clipped). The tables'
+    ``attrs["box_summary"]`` says where the boxes came from and what was clipped.
+    """
+    from mammoclip.annotations.vindr import (
+        boxes_from_release_table,
+        map_boxes_to_png,
+        read_release_box_table,
+        read_vindr_annotations,
+        vindr_image_label_table,
+        vindr_image_table,
+        vindr_row_table,
+    )
+
+    breast_table, finding_table = read_vindr_annotations(breast, findings, clip_boxes=not legacy)
+    png_manifest = read_manifest(manifest)
+    if box_table:
+        release = read_release_box_table(box_table)
+        mapped = boxes_from_release_table(finding_table, release, png_manifest, legacy=legacy)
+    else:
+        mapped = map_boxes_to_png(finding_table, png_manifest, legacy=legacy)
+    rows = vindr_row_table(breast_table, mapped, png_manifest, n_folds=n_folds, seed=seed)
+    images, boxes = vindr_image_table(breast_table, mapped, png_manifest, n_folds=n_folds, seed=seed)
+    labels = vindr_image_label_table(images)
+    log.info(
+        "VinDr tables: %d finding rows, %d images, %d boxes, %d breasts",
+        len(rows),
+        len(images),
+        len(boxes),
+        len(labels),
+    )
+    summary = {
+        "box_source": str(box_table) if box_table else "manifest crop boxes",
+        "box_mapping": "legacy (upstream's arithmetic)" if legacy else "corrected",
+        "boxes_beyond_image": finding_table.attrs["clipped_boxes"],
+        "boxes_clipped_to_image": finding_table.attrs["boxes_clipped"],
+        "boxes_mapped": int(boxes["resized_xmin"].notna().sum()),
+        "boxes_without_png_box": int(boxes["resized_xmin"].isna().sum()),
+    }
+    if box_table:
+        summary["truncated_ymax_in_box_table"] = mapped.attrs.get("truncated_ymax", 0)
+    tables = {"rows": rows, "images": images, "boxes": boxes, "image_labels": labels}
+    for table in tables.values():
+        table.attrs["box_summary"] = summary
+    return tables
+
+
+def vindr_tables(
+    *,
+    breast: PathLike,
+    findings: PathLike,
+    manifest: PathLike,
+    box_table: PathLike | None = None,
+    rows: PathLike,
+    images: PathLike,
+    boxes: PathLike,
+    image_labels: PathLike,
+    provenance: PathLike,
+    folds: int,
+    seed: int,
+    legacy: bool,
+) -> dict[str, pd.DataFrame]:
+    """VinDr's annotation tables (:func:`build_vindr_tables`) written to ``rows``, ``images``, ``boxes`` and
+    ``image_labels`` (the registry entry's ``annotation_tables``), plus ``provenance``."""
+    from mammoclip.annotations.tables import write_table
+
+    tables = build_vindr_tables(
+        breast, findings, manifest, n_folds=folds, seed=seed, legacy=legacy, box_table=box_table
+    )
+    paths = {"rows": rows, "images": images, "boxes": boxes, "image_labels": image_labels}
+    for name, table in tables.items():
+        write_table(table, paths[name])
+    write_provenance(
+        provenance,
+        stage="annotations",
+        dataset="vindr",
+        data=[str(path) for path in [*([box_table] if box_table else []), breast, findings, manifest]],
+        validation_folds=folds,
+        seed=seed,
+        legacy=legacy,
+        rows={name: len(table) for name, table in tables.items()},
+        boxes=tables["boxes"].attrs["box_summary"],
+    )
+    return tables
+
+
+def build_rsna_folds(
+    train: PathLike,
+    manifest: PathLike,
+    *,
+    n_folds: int,
+    seed: int,
+    fold_file: PathLike | None = None,
+) -> pd.DataFrame:
+    """RSNA's train.csv with patient-grouped, cancer-stratified folds (or a validated user fold file) and
+    the PNG paths of the converted images, in memory."""
+    from mammoclip.annotations.rsna import (
+        join_rsna_manifest,
+        make_rsna_folds,
+        read_rsna_folds,
+        read_rsna_train,
+        validate_fold_file,
+    )
+
+    train_table = read_rsna_train(train)
+    if fold_file:
+        table = validate_fold_file(read_rsna_folds(fold_file), train_table)
+        log.info("RSNA folds from %s (validated)", fold_file)
+    else:
+        table = make_rsna_folds(train_table, n_folds=n_folds, seed=seed)
+    return join_rsna_manifest(table, read_manifest(manifest))
+
+
+def rsna_folds(
+    *,
+    train: PathLike,
+    manifest: PathLike,
+    train_folds: PathLike,
+    provenance: PathLike,
+    folds: int,
+    fold_file: PathLike | None,
+    seed: int,
+) -> pd.DataFrame:
+    """RSNA's fold table (:func:`build_rsna_folds`) written to ``train_folds``, plus ``provenance``."""
+    from mammoclip.annotations.tables import write_table
+
+    table = build_rsna_folds(train, manifest, n_folds=folds, seed=seed, fold_file=fold_file)
+    write_table(table, train_folds)
+    write_provenance(
+        provenance,
+        stage="annotations",
+        dataset="rsna",
+        data=[train, manifest],
+        fold_file=fold_file,
+        folds=folds,
+        seed=seed,
+        images=len(table),
+    )
+    return table
+
+
+def prepare_reports(
+    *, reports: PathLike, manifest: PathLike, table: PathLike, legacy: bool, folds: int
+) -> pd.DataFrame:
+    """Clean the in-house ``reports`` and group them per breast with patient-level folds, keeping only
+    converted images; writes ``table``."""
+    from mammoclip.annotations.reports import (
+        build_pretraining_table,
+        png_paths_from_manifest,
+        read_reports_csv,
+        write_pretraining_table,
+    )
+
+    png_paths = png_paths_from_manifest(read_manifest(manifest), log)
+    grouped = build_pretraining_table(
+        read_reports_csv(reports), legacy=legacy, png_paths=png_paths, n_folds=folds, logger=log
+    )
+    write_pretraining_table(grouped, table)
+    return grouped
+
+
+def augment_reports(
+    *,
+    grouped: PathLike,
+    table: PathLike,
+    provenance: PathLike,
+    augmentation: Mapping[str, Any],
+    legacy: bool,
+    folds: int,
+    seed: int,
+) -> pd.DataFrame:
+    """Add ``text_augment`` to the ``grouped`` report table by back-translation (a copy of ``text`` when
+    ``augmentation["method"]`` is ``none``); writes ``table`` and ``provenance``."""
+    from mammoclip.annotations.augment import augment_table, make_back_translator
+    from mammoclip.annotations.reports import read_pretraining_table, write_pretraining_table
+
+    source = read_pretraining_table(grouped)
+    if augmentation["method"] == "none":
+        log.info("augmentation: none (text_augment = text)")
+        augmented = augment_table(source, translate=list)
+    else:
+        translate = make_back_translator(
+            augmentation["language"],
+            model_dir=augmentation["model_dir"],
+            temperature=augmentation["temperature"],
+            num_beams=augmentation["num_beams"],
+            batch_size=augmentation["batch_size"],
+            seed=seed,
+        )
+        augmented = augment_table(source, translate=translate)
+    write_pretraining_table(augmented, table)
+    write_provenance(
+        provenance,
+        stage="reports",
+        data=grouped,
+        legacy=legacy,
+        folds=folds,
+        augmentation=augmentation,
+        seed=seed,
+        rows=len(augmented),
+    )
+    return augmented
+
+
+# --------------------------------------------------------------------------------------------------
+# Pretraining
+# --------------------------------------------------------------------------------------------------
+
+
+def tiny_text_model(*, reports: PathLike, model: PathLike, settings: Mapping[str, Any], seed: int) -> Any:
+    """The demo's tiny BERT + WordPiece tokenizer, trained on the report corpus and the prompts, in the
+    folder ``model``."""
+    from mammoclip.train.run import build_text_model
+
+    return build_text_model(reports, model, settings=settings, seed=seed)
+
+
+@dataclass(frozen=True)
+class PretrainInputs:
+    """The ``pretrain`` rule's inputs."""
+
+    reports: str  # the image+report table (clip_pretrain.csv)
+    reports_manifest: str
+    vindr: str | None = None  # VinDr's image-label table, with pretrain.use_vindr
+    vindr_manifest: str | None = None
+    text_model: str | None = None  # the tiny text model's folder (else the text backbone)
+
+
+def pretrain(
+    *,
+    inputs: PretrainInputs,
+    checkpoint: PathLike,
+    metrics: PathLike,
+    settings: Mapping[str, Any],
+    text_backbone: str,
+    height: int,
+    width: int,
+    legacy: bool,
+    seed: int,
+    run_dir: str,
+    threads: int,
+    gpus: int,
+) -> Path:
+    """CLIP pretraining: the plain-data description of the run (what every torchrun rank reads) from the
+    ``pretrain`` config section, then training here or under torchrun; writes the best ``checkpoint`` and
+    the ``metrics``. ``run_dir`` keeps the state a rerun resumes from."""
+    from mammoclip.train.pretrain import TrainConfig
+    from mammoclip.train.run import launch_pretraining
+
+    train = TrainConfig.from_config(settings, seed=seed, legacy=legacy).to_dict()
+    manifests = [m for m in (inputs.reports_manifest, inputs.vindr_manifest) if m is not None]
+    params = {
+        "report_table": inputs.reports,
+        "vindr_table": inputs.vindr,
+        "manifests": manifests,
+        "text_model": inputs.text_model or text_backbone,
+        "image_encoder": settings["image_encoder"],
+        "projection": settings["projection"],
+        "projection_dim": settings["projection_dim"],
+        "pooling": settings["pooling"],
+        "text_max_length": settings["text_max_length"],
+        "val_fold": settings["val_fold"],
+        "height": height,
+        "width": width,
+        "legacy": legacy,
+        "seed": seed,
+        "threads": threads,
+        "out_dir": run_dir,
+        "train": train,
+    }
+    return launch_pretraining(params, gpus=gpus, checkpoint=checkpoint, metrics=metrics)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inference and zero-shot
+# --------------------------------------------------------------------------------------------------
+
+
+def embed_images(
+    *,
+    manifest: PathLike,
+    checkpoint: PathLike,
+    embeddings: PathLike,
+    height: int,
+    width: int,
+    batch_size: int,
+    text_backbone: str,
+    threads: int = 1,
+) -> None:
+    """Raw and projected embeddings of every converted image of a dataset, written to ``embeddings`` with
+    provenance metadata."""
+    import torch
+
+    from mammoclip.checkpoints import load_clip
+    from mammoclip.inference import embed_batches, list_inputs, write_embeddings
+    from mammoclip.provenance import provenance
+
+    torch.set_num_threads(max(threads, 1))
+    inputs = list_inputs(manifest)
+    model, _, _ = load_clip(checkpoint, text_backbone=text_backbone)
+    raw, projected = embed_batches(model, inputs, height=height, width=width, batch_size=batch_size)
+    metadata = provenance(checkpoint=str(checkpoint), data=str(manifest), height=height, width=width)
+    write_embeddings(embeddings, inputs["image_id"], raw, projected, metadata)
+    log.info(
+        "embedded %d images with %s: raw %s, projected %s",
+        len(inputs),
+        checkpoint,
+        raw.shape,
+        projected.shape,
+    )
+
+
+def score_images(
+    *,
+    embeddings: PathLike,
+    checkpoint: PathLike,
+    scores: PathLike,
+    prompts: Mapping[str, Mapping[str, Sequence[str]]],
+    text_backbone: str,
+) -> pd.DataFrame:
+    """Per-image class probabilities of every prompt task, from stored ``embeddings``; writes ``scores``."""
+    from mammoclip.checkpoints import load_clip
+    from mammoclip.inference import read_embeddings, score_embeddings
+    from mammoclip.provenance import code_version
+
+    image_ids, _, projected, _ = read_embeddings(embeddings)
+    model, tokenizer, _ = load_clip(checkpoint, text_backbone=text_backbone)
+    table = score_embeddings(model, tokenizer, image_ids, projected, prompts)
+    table["checkpoint"] = str(checkpoint)
+    table["code_version"] = code_version()
+    log.info("scored %d images on %d task(s)", len(image_ids), len(prompts))
+    table.to_csv(scores, index=False)
+    return table
+
+
+def zero_shot(
+    *,
+    dataset: str,
+    scores: PathLike,
+    tables: Mapping[str, PathLike],
+    results: PathLike,
+    checkpoint: str,
+    seed: int,
+) -> pd.DataFrame:
+    """Zero-shot AUROC of a dataset's prompt ``scores`` under the paper and clean protocols, by the
+    dataset's registry evaluator on its annotation ``tables``; writes ``results`` (with provenance
+    columns)."""
+    from mammoclip.annotations.tables import read_table
+    from mammoclip.provenance import code_version
+
+    entry = registry.get_dataset(dataset)
+    if entry.zero_shot_evaluator is None:
+        raise ValueError(f"no zero-shot labels for dataset {dataset!r}")
+    evaluate = registry.resolve(entry.zero_shot_evaluator)
+    score_table = pd.read_csv(scores, dtype={"image_id": str})
+    loaded = {key: read_table(tables[key], str_columns=_ID_COLUMNS) for key in entry.zero_shot_tables}
+    table = evaluate(score_table, **loaded, seed=seed)
+    for row in table.itertuples():
+        log.info(
+            "%s %s (%s, %s): AUROC %.3f [%.3f, %.3f], n=%d",
+            row.dataset,
+            row.label,
+            row.protocol,
+            row.level,
+            row.value,
+            row.value_low,
+            row.value_high,
+            row.n,
+        )
+    table = table.assign(checkpoint=str(checkpoint), seed=seed, code_version=code_version())
+    table.to_csv(results, index=False)
+    return table
+
+
+# --------------------------------------------------------------------------------------------------
+# Classifiers and the paper's tables
+# --------------------------------------------------------------------------------------------------
+
+
+def classify(
+    *,
+    key: RunKey,
+    settings: Mapping[str, Any],
+    checkpoint: str,
+    tables: Mapping[str, str],
+    outputs: Mapping[str, str],
+    height: int,
+    width: int,
+    embeddings: str | None = None,
+    augment: bool = False,
+    precision: str = "fp32",
+    num_workers: int = 0,
+    n_boot: int = 1000,
+    paper_model: str = "",
+    text_backbone: str | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """One classifier run (:mod:`mammoclip.downstream`): ``settings`` are the label's training settings,
+    ``tables`` the annotation table(s) it reads, ``embeddings`` the cached image features of a linear probe.
+
+    Writes ``outputs``: ``metrics`` (CSV), ``predictions`` (CSV), ``history`` (CSV), ``model`` (the
+    selected weights, ``torch.save``) and ``provenance`` (JSON). Returns the metrics; every row carries the
+    run's key, checkpoint, protocol, seed and code version. ``threads``: torch's CPU threads (else as is).
+    """
+    import torch
+
+    from mammoclip.annotations.tables import read_table, write_table
+    from mammoclip.downstream import MODES, label_table, run_metrics, run_parts, train_run
+    from mammoclip.inference import pick_device, read_embeddings
+    from mammoclip.io import atomic_path
+    from mammoclip.provenance import code_version
+    from mammoclip.train.classify import ClassifierConfig
+
+    if threads:
+        torch.set_num_threads(threads)
+    if key.mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {key.mode!r}")
+    spec = registry.get_label(key.label)
+    config = ClassifierConfig.from_config(
+        settings,
+        mode=key.mode,
+        label=key.label,
+        n_classes=spec.n_classes,
+        seed=key.seed,
+        precision=precision,
+        num_workers=num_workers,
+    )
+    loaded = {k: read_table(v, str_columns=_ID_COLUMNS) for k, v in tables.items()}
+    try:
+        table = label_table(loaded, dataset=key.dataset, label=key.label, protocol=key.protocol)
+    except ValueError as err:
+        raise ValueError(f"{', '.join(map(str, tables.values()))}: {err}") from None
+    parts = run_parts(
+        table,
+        dataset=key.dataset,
+        protocol=key.protocol,
+        fold=key.fold,
+        fraction=key.fraction,
+        seed=key.seed,
+        binary=config.binary,
+    )
+    cached = None
+    if embeddings:
+        ids, raw, _, meta = read_embeddings(embeddings)
+        cached = (ids, raw)
+        log.info("linear probe on cached embeddings %s (%s)", embeddings, meta.get("checkpoint", "?"))
+    torch_device = pick_device(device)
+    load_kwargs = {"text_backbone": text_backbone} if text_backbone else {}
+    probs, history, state, info = train_run(
+        parts,
+        config,
+        checkpoint=checkpoint,
+        height=height,
+        width=width,
+        embeddings=cached,
+        augment=augment,
+        device=str(torch_device),
+        load_kwargs=load_kwargs,
+    )
+    metrics, predictions = run_metrics(
+        parts["report"],
+        probs,
+        dataset=key.dataset,
+        protocol=key.protocol,
+        n_classes=spec.n_classes,
+        train_labels=parts["train"]["label"],
+        n_boot=n_boot,
+        seed=key.seed,
+    )
+    selected = next(h["epoch"] for h in history if h["selected"])
+    keys = key.record(paper_model=paper_model)
+    metrics = pd.DataFrame([{**keys, **row} for row in metrics.to_dict("records")])
+    metrics = metrics.assign(
+        n_train=len(parts["train"]),
+        n_select=len(parts["select"]),
+        selected_epoch=selected,
+        cached_embeddings=bool(embeddings),
+        checkpoint=str(checkpoint),
+        code_version=code_version(),
+    )
+    for row in metrics.itertuples():
+        log.info(
+            "%s %s %s %s frac %g fold %d: %s (%s) %.3f [%.3f, %.3f]",
+            key.protocol,
+            key.dataset,
+            key.label,
+            key.mode,
+            key.fraction,
+            key.fold,
+            row.metric,
+            row.level,
+            row.value,
+            row.value_low,
+            row.value_high,
+        )
+    predictions.insert(0, "part", "report")
+    write_table(metrics, outputs["metrics"])
+    write_table(predictions, outputs["predictions"])
+    write_table(pd.DataFrame(history), outputs["history"])
+    record = write_provenance(
+        outputs["provenance"],
+        **keys,
+        checkpoint=str(checkpoint),
+        checkpoint_info={k: v for k, v in info.items() if isinstance(v, str | int | float | bool)},
+        tables={k: str(v) for k, v in tables.items()},
+        embeddings=embeddings,
+        classifier=config.to_dict(),
+        augment=augment,
+        selected_epoch=selected,
+        n_rows={k: len(v) for k, v in parts.items()},
+        device=str(torch_device),
+    )
+    # torch.save names its zip archive after the file: the temporary file keeps the destination's stem
+    model = Path(outputs["model"])
+    with atomic_path(model, temporary=model.with_suffix(".tmp")) as tmp:
+        torch.save({"state_dict": state, "metadata": record}, tmp)
+    return metrics
+
+
+def classification_table(
+    *,
+    classification: Sequence[PathLike],
+    zero_shot: Sequence[PathLike],
+    paper_results: PathLike,
+    markdown: PathLike,
+    csv: PathLike,
+    plots: Sequence[PathLike],
+    protocol: str,
+    plot_datasets: Mapping[str, str],
+    model_of: Mapping[str, str],
+    paper_model: str,
+) -> pd.DataFrame:
+    """One protocol's classification table (``markdown`` and ``csv``: the same stem) and its data-efficiency
+    ``plots`` (``efficiency_{label}.png``), from the runs' ``classification`` metrics and the ``zero_shot``
+    results. ``plot_datasets``: ``{label: dataset}``; ``model_of``: ``{checkpoint path: model name}`` for the
+    zero-shot files. Returns the table."""
+    from mammoclip.paper_tables import (
+        aggregate_runs,
+        data_efficiency_plot,
+        paper_table,
+        read_paper_results,
+        runs_from_results,
+        write_table_files,
+    )
+
+    out_stem = Path(markdown).with_suffix("")
+    if Path(csv) != out_stem.with_name(out_stem.name + ".csv"):
+        raise ValueError(f"{markdown} and {csv} must share their stem")
+
+    def read(path):
+        return pd.read_csv(
+            path, dtype={"model": str, "checkpoint": str, "paper_model": str}, keep_default_na=True
+        )
+
+    runs = runs_from_results(
+        [read(p) for p in classification],
+        [read(p) for p in zero_shot],
+        model_of=dict(model_of),
+        paper_model=paper_model,
+    )
+    runs = runs[runs["protocol"] == protocol]
+    log.info(
+        "%s protocol: %d runs from %d classifier and %d zero-shot files",
+        protocol,
+        len(runs),
+        len(classification),
+        len(zero_shot),
+    )
+    aggregated = aggregate_runs(runs)
+    paper = read_paper_results(paper_results)
+    paper = paper[paper["task"] == "classification"]
+    table = paper_table(aggregated, paper, protocol=protocol)
+    write_table_files(table, out_stem, caption="Classification")
+    for path in plots:
+        label = Path(path).stem.removeprefix("efficiency_")
+        data_efficiency_plot(
+            aggregated, path, dataset=plot_datasets[label], label=label, paper=paper, protocol=protocol
+        )
+    return table
