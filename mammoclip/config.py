@@ -85,7 +85,7 @@ def _fill(instance: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> 
                 _fill(value, _resolve(pattern_schemas, root), root)
 
 
-_SCALAR_TYPES = {"integer": int, "number": (int, float), "boolean": bool}
+_SCALAR_TYPES: dict[str, type | tuple[type, ...]] = {"integer": int, "number": (int, float), "boolean": bool}
 
 
 def coerce_command_line_strings(instance: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> Any:

@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import nltk
@@ -28,6 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mammoclip.train.precision import autocast
+
+if TYPE_CHECKING:
+    from mammoclip.models.clip import MammoClip
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +175,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def embed_batches(
-    model: torch.nn.Module,
+    model: MammoClip,
     inputs: pd.DataFrame,
     *,
     height: int,
@@ -213,7 +216,7 @@ def normalise_prompt(text: str) -> str:
 
 
 def embed_classes(
-    model: torch.nn.Module,
+    model: MammoClip,
     tokenizer: Any,
     classes: Mapping[str, Sequence[str]],
     *,
@@ -266,7 +269,7 @@ def score_table(
 
 
 def score_embeddings(
-    model: torch.nn.Module,
+    model: MammoClip,
     tokenizer: Any,
     image_ids: Sequence[str],
     projected: np.ndarray,

@@ -89,7 +89,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -497,7 +497,8 @@ class _MultiViewDataset(Dataset):
         if raw.min() == raw.max():
             # checked before augmenting: the affine's zero border would hide a constant image
             normalise_image(raw, source=image.path)  # raises InferenceError naming the file
-        pixels = self.transform(raw, rng)
+        # rng is None only when not training, where the transform is an EvalTransform (which ignores it)
+        pixels = self.transform(raw, cast(np.random.Generator, rng))
         try:
             return torch.from_numpy(normalise_image(pixels, source=image.path))
         except InferenceError:
@@ -803,9 +804,9 @@ def build_pretraining_datasets(
     if png_paths is None:
         raise PretrainDataError("build_pretraining_datasets needs png_paths ({image id: PNG path})")
     augmenter: TrainAugment | bool = TrainAugment(height, width, legacy=legacy_augment) if augment else False
-    common = {"height": height, "width": width, "augment": augmenter, "seed": seed}
-    train_parts: list[Dataset] = []
-    val_parts: list[Dataset] = []
+    common: dict[str, Any] = {"height": height, "width": width, "augment": augmenter, "seed": seed}
+    train_parts: list[_MultiViewDataset] = []
+    val_parts: list[_MultiViewDataset] = []
 
     if report_table is not None:
         table, source = _read_report_table(report_table)
@@ -824,12 +825,8 @@ def build_pretraining_datasets(
             val_fold,
         )
         kwargs = {**common, "text_aug_prob": text_aug_prob}
-        train_parts.append(
-            ImageTextDataset(table[~is_val], png_paths, train=True, name="reports", **kwargs)  # type: ignore[arg-type]
-        )
-        val_parts.append(
-            ImageTextDataset(table[is_val], png_paths, train=False, name="reports", **kwargs)  # type: ignore[arg-type]
-        )
+        train_parts.append(ImageTextDataset(table[~is_val], png_paths, train=True, name="reports", **kwargs))
+        val_parts.append(ImageTextDataset(table[is_val], png_paths, train=False, name="reports", **kwargs))
 
     if vindr_table is not None:
         table, source = _read_vindr_table(vindr_table)
@@ -857,13 +854,9 @@ def build_pretraining_datasets(
             (~training).sum(),
         )
         kwargs = {**common, "prompts": prompts}
-        train_parts.append(
-            VindrLabelDataset(table[is_train], png_paths, train=True, name="vindr", **kwargs)  # type: ignore[arg-type]
-        )
-        val_parts.append(
-            VindrLabelDataset(table[is_val], png_paths, train=False, name="vindr", **kwargs)  # type: ignore[arg-type]
-        )
+        train_parts.append(VindrLabelDataset(table[is_train], png_paths, train=True, name="vindr", **kwargs))
+        val_parts.append(VindrLabelDataset(table[is_val], png_paths, train=False, name="vindr", **kwargs))
 
-    if sum(len(d) for d in train_parts) == 0:  # type: ignore[arg-type]
+    if sum(len(d) for d in train_parts) == 0:
         raise PretrainDataError("no training breast left (see the exclusion counts logged above)")
     return ConcatDataset(train_parts), ConcatDataset(val_parts)

@@ -51,9 +51,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -237,7 +237,10 @@ def balanced_sampler(labels, *, seed: int) -> WeightedRandomSampler:
     _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
     weights = torch.as_tensor(1.0 / counts[inverse], dtype=torch.double)
     generator = torch.Generator().manual_seed(int(seed))
-    return WeightedRandomSampler(weights, num_samples=len(y), replacement=True, generator=generator)
+    # WeightedRandomSampler takes a tensor (torch.as_tensor of it); its stub says Sequence[float]
+    return WeightedRandomSampler(
+        cast(Sequence[float], weights), num_samples=len(y), replacement=True, generator=generator
+    )
 
 
 def _dataset_labels(dataset: Dataset) -> np.ndarray:
@@ -246,7 +249,7 @@ def _dataset_labels(dataset: Dataset) -> np.ndarray:
     if labels is None and isinstance(dataset, TensorDataset):
         labels = dataset.tensors[1]
     if labels is None:
-        labels = [dataset[i][1] for i in range(len(dataset))]
+        labels = [dataset[i][1] for i in range(len(cast(Sized, dataset)))]
     if isinstance(labels, torch.Tensor):
         labels = labels.cpu().numpy()
     return np.asarray([float(v) for v in labels] if isinstance(labels, list) else labels).reshape(-1)
@@ -312,7 +315,7 @@ class EncoderClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, n_classes: int, *, freeze_encoder: bool) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(int(encoder.out_dim), int(n_classes))
+        self.head = nn.Linear(int(cast(int, encoder.out_dim)), int(n_classes))
         self.freeze_encoder = bool(freeze_encoder)
         if self.freeze_encoder:
             for param in self.encoder.parameters():
@@ -454,7 +457,7 @@ def train_classifier(
             f"config.mode={config.mode!r} but the model's encoder is "
             f"{'' if model.freeze_encoder else 'not '}frozen"
         )
-    if len(train_ds) == 0 or len(select_ds) == 0:
+    if len(cast(Sized, train_ds)) == 0 or len(cast(Sized, select_ds)) == 0:
         raise ValueError("train and select datasets must not be empty")
     precision = config.precision
     if precision != "fp32" and device.type != "cuda":
@@ -476,7 +479,7 @@ def train_classifier(
     if config.binary and config.weighted_loss:
         log.info(
             "BCE pos_weight %.4f (%s)",
-            criterion.pos_weight.item(),
+            cast(torch.Tensor, criterion.pos_weight).item(),  # BCEWithLogitsLoss with a pos_weight
             "given" if config.pos_weight else "training rows",
         )
     sampler = balanced_sampler(train_labels, seed=config.seed) if config.balanced_sampler else None
@@ -540,6 +543,7 @@ def train_classifier(
             best_index = epoch - 1
             best_state = _state_copy(model)
     history[best_index]["selected"] = True
+    assert best_state is not None  # set in the first epoch (history[best_index] exists)
     model.load_state_dict(best_state)
     return best_state, history
 

@@ -19,7 +19,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.distributed as dist
@@ -154,6 +154,10 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
+@overload
+def reduce_sum(value: torch.Tensor) -> torch.Tensor: ...
+@overload
+def reduce_sum(value: float) -> float: ...
 def reduce_sum(value: torch.Tensor | float) -> torch.Tensor | float:
     """Sum of ``value`` over ranks (a tensor keeps its device and dtype; a float comes back as a float)."""
     if not is_distributed():
@@ -169,6 +173,10 @@ def reduce_sum(value: torch.Tensor | float) -> torch.Tensor | float:
     return float(work.item())
 
 
+@overload
+def reduce_mean(value: torch.Tensor) -> torch.Tensor: ...
+@overload
+def reduce_mean(value: float) -> float: ...
 def reduce_mean(value: torch.Tensor | float) -> torch.Tensor | float:
     """Mean of ``value`` over ranks (tensor or float; identity in a single process)."""
     if not is_distributed():

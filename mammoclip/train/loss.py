@@ -175,6 +175,7 @@ def _clip_loss(
             raise ValueError("mask_false_negatives needs text_ids (and text2_ids with text2)")
         local_ids = [text_ids.to(image.device).long()]
         if text2 is not None:
+            assert text2_ids is not None  # checked above: text2 needs text2_ids here
             local_ids.append(text2_ids.to(image.device).long())
         all_ids = [all_gather_no_grad(i) if distributed else i for i in local_ids]
         mask = duplicate_mask(local_ids, all_ids, rank * n)

@@ -94,10 +94,10 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -111,6 +111,9 @@ from mammoclip.train.loss import LOSS_KEYS, clip_loss
 from mammoclip.train.optim import build_optimizer
 from mammoclip.train.precision import PRECISIONS, autocast
 from mammoclip.train.settings import FROM_SCHEMA, fill_from_schema, schema_defaults
+
+if TYPE_CHECKING:
+    from mammoclip.models.clip import MammoClip
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +384,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, str]]:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     while isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
+        model = cast(nn.Module, model.module)
     return getattr(model, "_orig_mod", model)
 
 
@@ -485,7 +488,7 @@ class TrainState:
     when resuming (this rank's entry of ``last.pt["rng"]``). The sampler and the loader generator carry no
     state: they are reseeded from ``(seed, epoch, rank)`` every epoch."""
 
-    model: nn.Module
+    model: MammoClip
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -572,7 +575,7 @@ def setup_training(
     if on_cuda:
         torch.backends.cudnn.benchmark = bool(config.cudnn_benchmark)
 
-    raw = _unwrap(model)
+    raw = cast("MammoClip", _unwrap(model))  # train_clip trains a MammoClip
     pooler = getattr(getattr(getattr(raw, "text_encoder", None), "text_encoder", None), "pooler", None)
     if config.freeze_text_pooler and isinstance(pooler, nn.Module):
         pooler.requires_grad_(False)
@@ -580,7 +583,7 @@ def setup_training(
     if channels_last:
         raw.to(memory_format=torch.channels_last)
 
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[int] = DistributedSampler(
         train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=False
     )
     generator = torch.Generator()
@@ -598,11 +601,11 @@ def setup_training(
     n_batches = len(loader)
     if n_batches == 0:
         raise ValueError(
-            f"the training set ({len(train_dataset)} samples over {world} process(es)) gives no complete "
-            f"batch of {config.batch_size}; lower batch_size or set drop_last=False"
+            f"the training set ({len(cast(Sized, train_dataset))} samples over {world} process(es)) gives "
+            f"no complete batch of {config.batch_size}; lower batch_size or set drop_last=False"
         )
     val_loader = None
-    if val_dataset is not None and len(val_dataset) > 0:
+    if val_dataset is not None and len(cast(Sized, val_dataset)) > 0:
         val_loader = DataLoader(
             val_dataset,
             batch_size=config.val_batch_size or config.batch_size,
@@ -809,7 +812,7 @@ def train_one_epoch(
         batch = _to_device(batch, device, run.channels_last)
         sync: Any = contextlib.nullcontext()
         if world > 1 and not step_now:
-            sync = train_model.no_sync()
+            sync = cast("nn.parallel.DistributedDataParallel", train_model).no_sync()  # DDP when world > 1
         with sync:
             with autocast(device, run.precision):
                 losses = _forward_loss(train_model, batch, config, train=True)
