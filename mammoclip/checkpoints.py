@@ -53,6 +53,8 @@ from typing import Any
 
 import torch
 
+from mammoclip.io import atomic_path
+
 FORMAT_VERSION = 1
 IMAGE_PREFIX = "image_encoder."
 TEXT_PREFIX = "text_encoder.text_encoder."
@@ -761,7 +763,7 @@ def save_clip_checkpoint(
     See the module docstring for the dict layout. ``metadata`` (config, data, seed, ...) must be plain data
     (paths and numpy values are converted). With ``tokenizer`` its files are embedded as strings, so
     :func:`load_clip` needs no external tokenizer. ``extra`` adds top-level entries (not the reserved
-    ones). Written atomically (temporary file + ``os.replace``); returns the path.
+    ones). Written atomically (:func:`mammoclip.io.atomic_path`); returns the path.
     """
     from mammoclip.provenance import code_version
 
@@ -800,17 +802,12 @@ def save_clip_checkpoint(
         ckpt[key] = _plain_data(value, f"extra[{key!r}]")
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object: torch names the archive "archive", not after tmp
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(tmp)
         if unsafe:
             raise TypeError(f"checkpoint would need non-weights-only globals {unsafe}; refusing to write it")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
