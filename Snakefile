@@ -21,6 +21,7 @@ include: "rules/pretrain.smk"
 include: "rules/inference.smk"
 include: "rules/classify.smk"
 include: "rules/tables.smk"
+include: "rules/detect.smk"
 
 
 rule all:
@@ -34,3 +35,5 @@ rule all:
         rules.zero_shot_all.input,
         rules.classification.input,
         rules.tables.input,
+        rules.detection.input,
+        rules.table_detection.input,

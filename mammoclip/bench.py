@@ -11,16 +11,21 @@ table row per syntax and method) and measures, on one thread (OpenCV's pool set 
 * ``upstream reference``: :func:`mammoclip.upstream_reference.convert_like_upstream` + ``cv2.imwrite``.
 
 :func:`benchmark_processes` times :func:`mammoclip.preprocess.convert_images` with 1 and with more worker
-processes.
+processes. :func:`benchmark_detection` times the detection stage's RetinaNet (docs/upstream.md#detection):
+training and inference images/s and peak memory, on the CPU or a GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import dicomsdl
@@ -33,6 +38,7 @@ from mammoclip.upstream_reference import convert_like_upstream
 
 __all__ = [
     "DEFAULT_SYNTAXES",
+    "benchmark_detection",
     "benchmark_preprocessing",
     "benchmark_processes",
     "format_benchmark",
@@ -277,6 +283,193 @@ def benchmark_inference(
         "out_dim": int(out.shape[-1]),
         "threads": torch.get_num_threads(),
     }
+
+
+_PROC_STATUS = Path("/proc/self/status")
+
+
+def _reset_peak_memory(dev) -> bool:
+    """Start a new peak-memory window: CUDA's peak statistics; on Linux the process's resident-size high
+    watermark (``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs``, after glibc's ``malloc_trim``
+    returned freed memory). False where it cannot be reset."""
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        return True
+    gc.collect()
+    # hand memory freed by earlier rows back to the system, so that it does not count here
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_memory_mib(dev, *, reset: bool) -> float:
+    """Peak memory since :func:`_reset_peak_memory`: ``torch.cuda.max_memory_allocated`` on a GPU; on the
+    CPU the process's peak resident size (``VmHWM`` after a reset, else ``ru_maxrss``: the highest of the
+    process so far)."""
+    import resource
+
+    import torch
+
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    if reset:
+        for line in _PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _random_targets(batch_size: int, size: int, boxes_per_image: int, generator, device) -> list[dict]:
+    """``boxes_per_image`` random boxes (sides 1/16 to 1/4 of the image) per image, label 0."""
+    import torch
+
+    targets = []
+    for _ in range(batch_size):
+        sides = (torch.rand(boxes_per_image, 2, generator=generator) * 3 + 1) * size / 16
+        corner = torch.rand(boxes_per_image, 2, generator=generator) * (size - sides)
+        boxes = torch.cat([corner, corner + sides], dim=1)
+        labels = torch.zeros(boxes_per_image, dtype=torch.int64)
+        targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
+    return targets
+
+
+def _time_detector(model, images, targets, *, dev, precision: str, steps: int, defaults: dict) -> dict:
+    """``{phase: (seconds for steps batches, peak memory MiB)}`` for ``inference`` then ``train``."""
+    import torch
+
+    from mammoclip.train.precision import autocast as precision_autocast
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=defaults["lr"], weight_decay=defaults["weight_decay"])
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and precision == "fp16")
+    autocast = precision_autocast(dev, precision, cpu=True)  # CPU autocast too: it is what we time
+
+    def infer() -> None:
+        with torch.inference_mode(), autocast:
+            model(images)
+
+    def train() -> None:
+        with autocast:
+            loss = sum(model(images, targets).values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if defaults["max_grad_norm"]:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(trainable, defaults["max_grad_norm"])
+        scaler.step(optimizer)
+        scaler.update()
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    out = {}
+    for phase, step in (("inference", infer), ("train", train)):
+        model.train(phase == "train")
+        reset = _reset_peak_memory(dev)
+        step()  # warm-up: allocations, cuDNN autotuning
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        out[phase] = (time.perf_counter() - start, _peak_memory_mib(dev, reset=reset))
+    return out
+
+
+def benchmark_detection(
+    encoder: str = "tf_efficientnet_b5_ns-detect",
+    *,
+    size: int = 512,
+    batch_size: int = 2,
+    steps: int = 3,
+    device: str = "auto",
+    precision: str = "fp32",
+    modes: Sequence[str] = ("ft",),
+    boxes_per_image: int = 2,
+    score_threshold: float = 0.0,
+    fpn_channels: int = 256,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Inference and training images/s and peak memory of the RetinaNet detector on ``encoder``.
+
+    The detector is :func:`mammoclip.models.detector.build_retinanet` on a randomly initialised encoder
+    (``pretrained=False``) with the detector defaults of the schema (``detect.labels.Mass``: anchors, focal
+    loss, Adam learning rate and weight decay, gradient clipping, detections per image) at ``size`` x
+    ``size`` (upstream: 512). Per mode (``ft``, or ``freeze``: frozen encoder in eval mode) one
+    ``inference`` row (``model.eval()`` + ``torch.inference_mode``: backbone, heads, decoding, NMS) and
+    one ``train`` row (forward with ``boxes_per_image`` random boxes per image, focal + box loss, backward,
+    clipping, Adam step), each timed over ``steps`` batches of random images after one untimed warm-up
+    batch. ``score_threshold`` 0 sends every candidate (1000 per level) through NMS, post-processing's worst
+    case: a random head scores about 0.01, below any run's threshold. ``precision``: ``fp32``, or
+    ``bf16``/``fp16`` autocast (also timed on the CPU; fp16 training with a gradient scaler on a GPU).
+    Peak memory per row (warm-up included): ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the
+    process's peak resident size (model, inputs and the Python process included), per row on Linux
+    (``VmHWM``, reset through ``/proc/self/clear_refs``), elsewhere ``ru_maxrss``, the process's peak so far
+    (inference is timed before training, so a train row is still training's peak).
+    Columns: ``encoder, device, precision, mode, phase, input, images_per_s, seconds_per_batch,
+    peak_memory_mib, parameters_m, trainable_m, threads``.
+    """
+    import torch
+
+    from mammoclip.inference import pick_device
+    from mammoclip.models.detector import build_retinanet
+    from mammoclip.models.image_encoders import build_image_encoder
+    from mammoclip.train.settings import schema_defaults
+
+    if steps < 1 or batch_size < 1 or boxes_per_image < 1:
+        raise ValueError("steps, batch_size and boxes_per_image must be at least 1")
+    bad = sorted(set(modes) - {"ft", "freeze"})
+    if bad or not modes:
+        raise ValueError(f"modes must be ft and/or freeze, got {list(modes)}")
+    dev = pick_device(device)
+    defaults = schema_defaults("detect", "labels", "Mass")
+    settings = SimpleNamespace(
+        **{**defaults, "input_height": size, "input_width": size, "score_threshold": score_threshold}
+    )
+    generator = torch.Generator().manual_seed(seed)
+
+    rows = []
+    for mode in modes:
+        torch.manual_seed(seed)
+        model = build_retinanet(
+            build_image_encoder(encoder, pretrained=False),
+            settings=settings,
+            freeze=mode == "freeze",
+            fpn_channels=fpn_channels,
+        ).to(dev)
+        images = list(torch.randn(batch_size, 3, size, size, generator=generator).to(dev))
+        targets = _random_targets(batch_size, size, boxes_per_image, generator, dev)
+        timings = _time_detector(
+            model, images, targets, dev=dev, precision=precision, steps=steps, defaults=defaults
+        )
+        for phase, (seconds, peak_mib) in timings.items():
+            rows.append(
+                {
+                    "encoder": encoder,
+                    "device": str(dev),
+                    "precision": precision,
+                    "mode": mode,
+                    "phase": phase,
+                    "input": f"{batch_size}x3x{size}x{size}",
+                    "images_per_s": steps * batch_size / seconds,
+                    "seconds_per_batch": seconds / steps,
+                    "peak_memory_mib": peak_mib,
+                    "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                    "trainable_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+                    "threads": torch.get_num_threads(),
+                }
+            )
+        del model, images, targets
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,8 +20,15 @@ paper (per label: zero-shot, linear probe 10/50/100 %, finetune), one column gro
 paper's value and ours - paper; density rows show the majority-class baseline (~0.77 on the VinDr test
 split, so density accuracy must be read against it). A cell without runs is empty (NaN / ``""``), never 0.
 :func:`to_markdown` / :func:`write_table_files` render it; the caption always names the protocol and the
-metric per dataset. :func:`data_efficiency_plot` draws metric vs data fraction with Pillow (matplotlib is not
-installed in this environment); the PNG has no metadata, so equal inputs give equal bytes.
+metric per dataset. :func:`data_efficiency_plot` draws metric vs data fraction with Pillow; the PNG has no
+metadata, so equal inputs give equal bytes.
+
+Detection (docs/upstream.md#detection): :func:`detection_table` takes the detector runs' ``metrics.csv``
+frames (``map50`` in both protocols; ``cpm`` and ``sensitivity_at_<fp>`` where the FROC was computed) through
+the same steps (:func:`runs_from_detection`, :func:`aggregate_runs`, :func:`paper_table`) with the paper's
+``task == detection`` rows, and names the detection protocols in its caption
+(:data:`DETECTION_PROTOCOL_CAPTIONS`); the paper reports AP@0.5 only, so CPM and sensitivity rows have no
+paper value. Its figures (FROC curves, box panels) are drawn with matplotlib in :mod:`mammoclip.plots`.
 """
 
 from __future__ import annotations
@@ -41,11 +48,15 @@ from mammoclip.io import atomic_path, atomic_write
 __all__ = [
     "PAPER_MODELS",
     "runs_from_results",
+    "DETECTION_PROTOCOL_CAPTIONS",
     "PROTOCOL_CAPTIONS",
     "RUN_COLUMNS",
     "aggregate_runs",
     "caption_for",
     "data_efficiency_plot",
+    "detection_table",
+    "metric_name",
+    "runs_from_detection",
     "paper_table",
     "read_paper_results",
     "to_markdown",
@@ -82,7 +93,7 @@ _OPTIONAL_TEXT = ["paper_model", "checkpoint", "code_version"]
 
 #: the model columns of ``paper-results.csv``, in the paper's order
 PAPER_MODELS = ["clip_rn50", "clip_enb5", "mc_enb2", "mc_enb5", "mc_enb5_vindr"]
-SETTING_ORDER = ["zs", "lp", "ft", "freeze", "weak"]
+SETTING_ORDER = ["zs", "lp", "freeze", "ft", "weak"]
 SETTING_NAMES = {
     "zs": "zero-shot",
     "lp": "linear probe",
@@ -90,7 +101,15 @@ SETTING_NAMES = {
     "freeze": "frozen encoder",
     "weak": "weak localisation",
 }
-METRIC_NAMES = {"auroc": "AUROC", "accuracy": "accuracy", "macro_f1": "macro F1", "map50": "mAP@0.5"}
+METRIC_NAMES = {
+    "auroc": "AUROC",
+    "accuracy": "accuracy",
+    "macro_f1": "macro F1",
+    "map50": "mAP@0.5",
+    "cpm": "CPM",
+}
+#: FROC metrics of the detection runs: ``sensitivity_at_<false positives per image>``
+SENSITIVITY_PREFIX = "sensitivity_at_"
 PROTOCOL_CAPTIONS = {
     "paper": (
         "paper protocol: best epoch chosen on the reported split (upstream): VinDr test split, RSNA fold 0 "
@@ -99,6 +118,20 @@ PROTOCOL_CAPTIONS = {
     "clean": (
         "clean protocol: best epoch chosen on a held-out validation part of the training data; image-level "
         "labels; all folds. The reported split is never used for model selection"
+    ),
+}
+#: the detection protocols (mammoclip.evaluate.protocols.split_detection; defaults of config detect:)
+DETECTION_PROTOCOL_CAPTIONS = {
+    "paper": (
+        "paper protocol (upstream): VinDr images with at least one box of the label only, in training and "
+        "test; best epoch chosen on the test split; detections scoring at least 0.2 (default), at most 100 "
+        "per image; VOC all-point AP at IoU 0.5. Optimistic by construction"
+    ),
+    "clean": (
+        "clean protocol: training images include negatives; best epoch chosen on a patient-level validation "
+        "fold of the training split; reported once on all VinDr test images (negatives too), detections "
+        "scoring at least 0.05 (default); VOC all-point AP at IoU 0.5, FROC sensitivity at the given false "
+        "positives per image and their mean (CPM). The paper reports AP@0.5 only"
     ),
 }
 _FRAC_DECIMALS = 6
@@ -116,6 +149,36 @@ def _fraction(series: pd.Series) -> pd.Series:
     if values.isna().any() or ((values <= 0) | (values > 1)).any():
         raise ValueError("data_frac must be in (0, 1]")
     return values.round(_FRAC_DECIMALS)
+
+
+def _sensitivity_fp(metric: str) -> float | None:
+    """The false-positive rate of a ``sensitivity_at_<fp>`` metric, else None."""
+    if not metric.startswith(SENSITIVITY_PREFIX):
+        return None
+    try:
+        return float(metric[len(SENSITIVITY_PREFIX) :])
+    except ValueError:
+        return None
+
+
+def _is_detection_metric(metric: str) -> bool:
+    return metric in ("map50", "cpm") or _sensitivity_fp(metric) is not None
+
+
+def metric_name(metric: str) -> str:
+    """Display name: :data:`METRIC_NAMES`, ``sensitivity at <fp> FP/image``, else the metric itself."""
+    if metric in METRIC_NAMES:
+        return METRIC_NAMES[metric]
+    fp = _sensitivity_fp(metric)
+    return f"sensitivity at {fp:g} FP/image" if fp is not None else metric
+
+
+def _metric_reference(metrics: Iterable[str]) -> list[str]:
+    """Known metrics in :data:`METRIC_NAMES` order, then the FROC sensitivities by false-positive rate."""
+    sensitivities = sorted(
+        {m for m in metrics if _sensitivity_fp(m) is not None}, key=lambda m: (_sensitivity_fp(m), m)
+    )
+    return [*METRIC_NAMES, *sensitivities]
 
 
 def read_paper_results(path: str | os.PathLike) -> pd.DataFrame:
@@ -218,6 +281,11 @@ def runs_from_results(
         frame["model"] = checkpoints.map(lambda c: (model_of or {}).get(c, Path(c).stem))
         frame["fold"] = 0
         frames.append(frame)
+    return _as_runs(frames, paper_model=paper_model)
+
+
+def _as_runs(frames: list[pd.DataFrame], *, paper_model: str = "") -> pd.DataFrame:
+    """Concatenate run rows into the :data:`RUN_COLUMNS` table (missing columns NaN or ``""``)."""
     if not frames:
         return pd.DataFrame(columns=RUN_COLUMNS)
     runs = pd.concat(frames, ignore_index=True)
@@ -226,6 +294,18 @@ def runs_from_results(
             runs[column] = np.nan if column in _OPTIONAL_NUMERIC else ""
     runs["paper_model"] = runs["paper_model"].fillna("").astype(str).replace("", paper_model)
     return runs[RUN_COLUMNS].reset_index(drop=True)
+
+
+def runs_from_detection(metric_frames: Iterable[pd.DataFrame], *, paper_model: str = "") -> pd.DataFrame:
+    """The runs table (:data:`RUN_COLUMNS`) from detector ``metrics.csv`` frames.
+
+    Every row is a run's metric (``map50``, ``cpm``, ``sensitivity_at_<fp>``) with its run keys (``dataset,
+    label, setting`` (``freeze``/``ft``), ``data_frac, model, paper_model, protocol, fold, seed``), ``value``
+    and, where bootstrapped, ``value_low``/``value_high``; the box and image counts stay in the run files.
+    ``paper_model`` fills rows that have none. No majority baseline (NaN).
+    """
+    frames = [frame.drop(columns=["majority_baseline"], errors="ignore") for frame in metric_frames]
+    return _as_runs([f for f in frames if len(f)], paper_model=paper_model)
 
 
 # -------------------------------------------------------------------------------------------- aggregation
@@ -368,7 +448,9 @@ def paper_table(aggregated: pd.DataFrame, paper: pd.DataFrame, *, protocol: str)
     rows = pd.concat([ours[KEY], paper_rows[KEY]], ignore_index=True).drop_duplicates(ignore_index=True)
     ds_order = _order_index(rows["dataset"], paper["dataset"].tolist())
     label_order = _order_index(rows["label"], paper["label"].tolist())
-    metric_order = _order_index(rows["metric"], [*paper["metric"].tolist(), *METRIC_NAMES])
+    metric_order = _order_index(
+        rows["metric"], [*paper["metric"].tolist(), *_metric_reference(rows["metric"])]
+    )
     setting_order = _order_index(rows["setting"], SETTING_ORDER)
     rows = (
         rows.assign(
@@ -415,20 +497,55 @@ def paper_table(aggregated: pd.DataFrame, paper: pd.DataFrame, *, protocol: str)
     return table
 
 
+def detection_table(
+    metric_frames: Sequence[pd.DataFrame], paper: pd.DataFrame, *, protocol: str
+) -> pd.DataFrame:
+    """One protocol's detection table: ours vs the paper per (label, metric, setting, data_frac).
+
+    ``metric_frames``: the detector runs' ``metrics.csv`` frames (:func:`runs_from_detection`; rows of other
+    protocols are ignored); ``paper``: :func:`read_paper_results` (only ``task == detection`` rows are used
+    when the column is present). Runs are summarised over folds and seeds by :func:`aggregate_runs` (one
+    run: ``value [low, high]``; several: ``mean ± std (n=k)``) and laid out by :func:`paper_table`: per
+    label (the paper's order) ``map50`` then ``cpm`` and the FROC sensitivities by false-positive rate, each
+    by setting (frozen encoder, finetune) and data fraction; the paper's AP@0.5 and ours - paper where the
+    model has a ``paper_model``. CPM and sensitivities have no paper value (empty). The caption written by
+    :func:`write_table_files` names the detection protocol (:data:`DETECTION_PROTOCOL_CAPTIONS`).
+    """
+    if protocol not in DETECTION_PROTOCOL_CAPTIONS:
+        raise ValueError(f"protocol must be one of {sorted(DETECTION_PROTOCOL_CAPTIONS)}, got {protocol!r}")
+    runs = runs_from_detection(metric_frames)
+    runs = runs[_clean_text(runs["protocol"]) == protocol]
+    if "task" in paper.columns:
+        paper = paper[paper["task"] == "detection"]
+    table = paper_table(aggregate_runs(runs), paper, protocol=protocol)
+    table.attrs["protocol_captions"] = DETECTION_PROTOCOL_CAPTIONS
+    return table
+
+
 # ----------------------------------------------------------------------------------------------- rendering
 
 
 def caption_for(table: pd.DataFrame, caption: str = "") -> str:
-    """``caption`` followed by the protocol's description and the metric per dataset."""
+    """``caption`` followed by the protocol's description and the metric per dataset.
+
+    Protocol descriptions: ``table.attrs["protocol_captions"]`` when set (:func:`detection_table`), else
+    :data:`DETECTION_PROTOCOL_CAPTIONS` for a table of detection metrics only (a detection table read back
+    from its CSV), else :data:`PROTOCOL_CAPTIONS` (classification).
+    """
     protocols = sorted(set(table["protocol"])) if "protocol" in table.columns else []
     parts = [caption.strip().rstrip(".")] if caption.strip() else []
-    parts += [PROTOCOL_CAPTIONS.get(p, f"{p} protocol") for p in protocols] or ["protocol: unknown"]
+    captions = table.attrs.get("protocol_captions")
+    if not captions:
+        names = set(table["metric"]) if "metric" in table.columns else set()
+        detection = bool(names) and all(_is_detection_metric(m) for m in names)
+        captions = DETECTION_PROTOCOL_CAPTIONS if detection else PROTOCOL_CAPTIONS
+    parts += [captions.get(p, f"{p} protocol") for p in protocols] or ["protocol: unknown"]
     metrics = []
     for dataset, group in table.groupby("dataset", sort=False):
         per_metric = []
         for metric, sub in group.groupby("metric", sort=False):
             labels = ", ".join(dict.fromkeys(sub["label"]))
-            per_metric.append(f"{METRIC_NAMES.get(metric, metric)} ({labels})")
+            per_metric.append(f"{metric_name(metric)} ({labels})")
         metrics.append(f"{dataset}: {'; '.join(per_metric)}")
     if metrics:
         parts.append("Metric: " + " | ".join(metrics))
@@ -456,7 +573,7 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
         {
             "dataset": table["dataset"],
             "label": table["label"],
-            "metric": table["metric"].map(lambda m: METRIC_NAMES.get(m, m)),
+            "metric": table["metric"].map(metric_name),
             "setting": table["setting"].map(lambda s: SETTING_NAMES.get(s, s)),
             "data": table["data_frac"].map(lambda f: f"{f * 100:g} %"),
         }
@@ -648,12 +765,12 @@ def data_efficiency_plot(
         draw.line([(px(f), bottom), (px(f), bottom + 5)], fill=black, width=1)
         draw.text((px(f), bottom + 8), f"{f * 100:g}%", fill=black, font=small, anchor="mt")
     draw.rectangle([left, top, right, bottom], outline=black, width=1)
-    title = f"{dataset} {label}: {METRIC_NAMES.get(metric, metric)} vs training data fraction"
+    title = f"{dataset} {label}: {metric_name(metric)} vs training data fraction"
     draw.text(((left + right) / 2, 18), title, fill=black, font=font, anchor="mt")
     sub = ", ".join(f"{p} protocol" for p in protocols)
     draw.text(((left + right) / 2, 38), sub, fill=black, font=small, anchor="mt")
     draw.text(((left + right) / 2, height - 25), "training data fraction", fill=black, font=font, anchor="mm")
-    draw.text((8, (top + bottom) / 2), METRIC_NAMES.get(metric, metric), fill=black, font=font, anchor="lm")
+    draw.text((8, (top + bottom) / 2), metric_name(metric), fill=black, font=font, anchor="lm")
 
     if math.isfinite(baseline):
         _dashed(draw, [(left, py(baseline)), (right, py(baseline))], (120, 120, 120), 1, dash=3, gap=4)

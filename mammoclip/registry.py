@@ -2,9 +2,10 @@
 
 One :class:`DatasetEntry` per dataset says where its metadata is, how its phantom is generated, which
 annotation tables its annotation rule writes, which of them the classifiers and the zero-shot evaluation
-read, and its fold policy; one :class:`LabelEntry` per label of the paper's tables says its dataset and
-kind. The Snakefile, the stages and the evaluation read these entries instead of branching on dataset
-names, so a new dataset is one :func:`register_dataset` call plus its reader/annotation stage.
+read, which tables its detectors read, and its fold policy; one :class:`LabelEntry` per label of the
+paper's tables says its dataset, kind and (for detection) the finding category its boxes carry. The
+Snakefile, the stages and the evaluation read these entries instead of branching on dataset names, so
+a new dataset is one :func:`register_dataset` call plus its reader/annotation stage.
 
 Imported while Snakemake builds the DAG: no heavy imports here (functions are named by dotted path and
 imported only when called, :func:`resolve`).
@@ -22,6 +23,8 @@ __all__ = [
     "DatasetEntry",
     "LabelEntry",
     "classifier_folds",
+    "detection_folds",
+    "detection_labels",
     "get_dataset",
     "get_label",
     "labels_of",
@@ -73,9 +76,18 @@ class DatasetEntry:
     all_folds_key: str | None = None
     #: holds image+report pairs (the pretraining corpus)
     reports: bool = False
+    #: ``{"images": key, "boxes": key}``: the annotation tables a detector run reads, the image table (one
+    #: row per image: ``patient_id``, ``image_id``, ``split``, ``val_fold``, ``png_path``) and the box table
+    #: (one row per box: ``image_id``, ``finding_categories``, the box in PNG pixels ``resized_*``)
+    detection_tables: Mapping[str, str] = field(default_factory=dict)
+    #: config key (dotted) listing the validation folds the clean detection protocol selects on
+    detection_folds_key: str | None = None
 
     def __post_init__(self) -> None:
+        if self.detection_tables and set(self.detection_tables) != {"images", "boxes"}:
+            raise ValueError(f"dataset {self.name!r}: detection_tables needs the keys images and boxes")
         unknown = set(self.classifier_tables.values()) | set(self.zero_shot_tables)
+        unknown |= set(self.detection_tables.values())
         unknown -= set(self.annotation_tables)
         if unknown:
             raise ValueError(f"dataset {self.name!r}: tables {sorted(unknown)} are not annotation tables")
@@ -110,6 +122,10 @@ class DatasetEntry:
         """``{key: path}`` of the tables the zero-shot evaluation reads."""
         return {key: self.annotation_path(key) for key in self.zero_shot_tables}
 
+    def detection_inputs(self) -> dict[str, str]:
+        """``{"images": path, "boxes": path}`` of the tables a detector run reads (none: no detection)."""
+        return {role: self.annotation_path(key) for role, key in self.detection_tables.items()}
+
 
 @dataclass(frozen=True)
 class LabelEntry:
@@ -120,6 +136,9 @@ class LabelEntry:
     n_classes: int  # 1 = binary (one logit)
     #: the scoring task (``inference.prompts`` key) evaluated against this label zero-shot
     zero_shot_task: str | None = None
+    #: the finding category (as the dataset's box table spells it) a detector of this label localises;
+    #: None: no detector for the label
+    detection_category: str | None = None
 
 
 _DATASETS: dict[str, DatasetEntry] = {}
@@ -174,6 +193,15 @@ def labels_of(dataset: str) -> list[LabelEntry]:
     return [label for label in _LABELS.values() if label.dataset == dataset]
 
 
+def detection_labels(dataset: str | None = None) -> list[LabelEntry]:
+    """The labels with a detector (a ``detection_category``), of ``dataset`` or of every dataset."""
+    return [
+        label
+        for label in _LABELS.values()
+        if label.detection_category and (dataset is None or label.dataset == dataset)
+    ]
+
+
 def zero_shot_tasks(dataset: str) -> dict[str, str]:
     """``{scoring task: label}`` evaluated zero-shot on ``dataset``."""
     return {label.zero_shot_task: label.name for label in labels_of(dataset) if label.zero_shot_task}
@@ -202,6 +230,15 @@ def classifier_folds(dataset: str, protocol: str, config: Mapping[str, Any]) -> 
     if not folds and entry.all_folds_key:
         return list(range(_config_value(config, entry.all_folds_key)))
     return list(folds)
+
+
+def detection_folds(dataset: str, protocol: str, config: Mapping[str, Any]) -> list[int]:
+    """Folds of ``dataset`` a detector runs under ``protocol``: fold 0 for ``paper`` (one split, selected
+    on the test images); for ``clean`` the configured validation folds."""
+    entry = get_dataset(dataset)
+    if protocol == "paper" or not entry.detection_folds_key:
+        return [0]
+    return list(_config_value(config, entry.detection_folds_key))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,6 +280,8 @@ register_dataset(
         zero_shot_tables=("rows", "images"),
         zero_shot_evaluator="mammoclip.evaluate.zeroshot.evaluate_vindr",
         clean_folds_key="classify.vindr_clean_folds",
+        detection_tables={"images": "images", "boxes": "boxes"},
+        detection_folds_key="detect.folds",
     )
 )
 register_dataset(
@@ -286,10 +325,18 @@ register_dataset(
 )
 
 # --------------------------------------------------------------------------------------------------
-# The labels of the paper's classification tables
+# The labels of the paper's classification and detection tables
 # --------------------------------------------------------------------------------------------------
 
-register_label(LabelEntry("Mass", "vindr", 1, zero_shot_task="mass"))
-register_label(LabelEntry("Suspicious_Calcification", "vindr", 1, zero_shot_task="suspicious_calcification"))
+register_label(LabelEntry("Mass", "vindr", 1, zero_shot_task="mass", detection_category="Mass"))
+register_label(
+    LabelEntry(
+        "Suspicious_Calcification",
+        "vindr",
+        1,
+        zero_shot_task="suspicious_calcification",
+        detection_category="Suspicious Calcification",
+    )
+)
 register_label(LabelEntry("density", "vindr", 4, zero_shot_task="density"))
 register_label(LabelEntry("cancer", "rsna", 1, zero_shot_task="malignancy"))

@@ -7,7 +7,7 @@ be run and tested without Snakemake. What differs per dataset comes from :mod:`m
 
 DAG: phantom -> convert_shard -> join_manifest -> vindr_tables / rsna_folds / prepare_reports ->
 augment_reports -> tiny_text_model -> pretrain -> embed_images -> score_images -> zero_shot; classify ->
-classification_table.
+classification_table; detect -> detection_table.
 """
 
 from __future__ import annotations
@@ -744,4 +744,355 @@ def classification_table(
         data_efficiency_plot(
             aggregated, path, dataset=plot_datasets[label], label=label, paper=paper, protocol=protocol
         )
+    return table
+
+
+# --------------------------------------------------------------------------------------------------
+# Detectors and the detection tables (docs/upstream.md#detection)
+# --------------------------------------------------------------------------------------------------
+
+#: box columns of the detection frames (PNG pixels) and the box table's columns they come from
+_BOX = ("xmin", "ymin", "xmax", "ymax")
+_PNG_BOX = ("resized_xmin", "resized_ymin", "resized_xmax", "resized_ymax")
+
+
+def detection_truths(
+    images: PathLike, boxes: PathLike, *, label: str
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """``(image table, truths, counts)`` of a detection label from the annotation stage's tables.
+
+    The image table gets a 0/1 column named ``label``: the image has at least one usable box of the
+    label's finding category (registry). Truths: ``image_id, patient_id, xmin, ymin, xmax, ymax`` in PNG
+    pixels. Boxes without a PNG box (NaN: the lesion fell outside the breast crop) are excluded, and so are
+    boxes of images missing from the image table (failed conversions); ``counts`` says how many (logged).
+    """
+    from mammoclip.annotations.tables import read_table
+
+    category = registry.get_label(label).detection_category
+    if not category:
+        raise ValueError(f"label {label!r} has no detection category (mammoclip/registry.py)")
+    image_table = read_table(images, str_columns=_ID_COLUMNS)
+    box_table = read_table(boxes, list_columns=("finding_categories",), str_columns=_ID_COLUMNS)
+    in_category = [category in (c if isinstance(c, list) else []) for c in box_table["finding_categories"]]
+    of_label = box_table[in_category]
+    usable = of_label[list(_PNG_BOX)].notna().all(axis=1)
+    known = of_label["image_id"].isin(set(image_table["image_id"]))
+    kept = of_label[usable & known]
+    truths = pd.DataFrame(
+        {
+            "image_id": kept["image_id"],
+            "patient_id": kept["patient_id"],
+            **{c: kept[png].astype(float) for c, png in zip(_BOX, _PNG_BOX, strict=True)},
+        }
+    ).reset_index(drop=True)
+    has_box = image_table["image_id"].isin(set(truths["image_id"]))
+    labelled = image_table[label].astype(bool) if label in image_table.columns else has_box
+    counts = {
+        "boxes": len(of_label),
+        "boxes_used": len(truths),
+        "boxes_outside_crop": int((~usable).sum()),
+        "boxes_of_unknown_images": int((usable & ~known).sum()),
+        "labelled_images_without_box": int((labelled & ~has_box).sum()),
+    }
+    image_table[label] = has_box.astype(int)
+    log.info(
+        "%s (%r boxes): %d boxes, %d used on %d images; excluded: %d outside the crop (no PNG box), %d of "
+        "images not in the image table; %d images labelled %s without a usable box count as negatives",
+        label,
+        category,
+        counts["boxes"],
+        counts["boxes_used"],
+        int(has_box.sum()),
+        counts["boxes_outside_crop"],
+        counts["boxes_of_unknown_images"],
+        counts["labelled_images_without_box"],
+        label,
+    )
+    return image_table, truths, counts
+
+
+def detect(
+    *,
+    key: RunKey,
+    settings: Mapping[str, Any],
+    checkpoint: str,
+    images: PathLike,
+    boxes: PathLike,
+    outputs: Mapping[str, str],
+    n_boot: int = 1000,
+    iou_threshold: float = 0.5,
+    paper_model: str = "",
+    num_workers: int = 0,
+    precision: str = "fp32",
+    text_backbone: str | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """One detector run: a RetinaNet on the ``checkpoint``'s image encoder for ``key.label``'s boxes.
+
+    ``settings``: the label's ``detect.labels.<label>`` settings with ``key.mode``'s overrides applied;
+    ``images`` / ``boxes``: the annotation stage's image and box tables (:func:`detection_truths`). The
+    protocol's parts (:func:`mammoclip.evaluate.protocols.split_detection`), the training fraction
+    (:func:`~mammoclip.evaluate.protocols.sample_fraction`), training with the best epoch chosen on
+    ``select`` (:func:`mammoclip.train.detect.train_detector`) and the metrics on ``report``
+    (:func:`mammoclip.evaluate.detection.detection_metrics`; FROC under ``clean``).
+
+    Writes ``outputs``: ``metrics`` (one row per metric with the run's key, checkpoint and code version),
+    ``detections`` (``image_id, patient_id, score, xmin, ymin, xmax, ymax`` in PNG pixels), ``history``,
+    ``model`` (the selected weights, ``torch.save``) and ``provenance``. Returns the metrics.
+    """
+    import torch
+
+    from mammoclip.annotations.tables import write_table
+    from mammoclip.evaluate.detection import detection_metrics
+    from mammoclip.evaluate.protocols import sample_fraction, split_detection
+    from mammoclip.inference import pick_device
+    from mammoclip.io import atomic_path
+    from mammoclip.provenance import code_version
+    from mammoclip.train.detect import MODES, DetectorConfig, train_detector
+
+    if threads:
+        torch.set_num_threads(threads)
+    if key.mode not in MODES:
+        raise ValueError(f"detector mode must be one of {MODES}, got {key.mode!r}")
+    image_table, truths, counts = detection_truths(images, boxes, label=key.label)
+    parts = split_detection(
+        image_table,
+        label=key.label,
+        protocol=key.protocol,
+        val_fold=key.fold,
+        seed=key.seed,
+        negative_fraction=settings.get("clean_negative_fraction", 1.0),
+    )
+    parts["train"] = sample_fraction(
+        parts["train"], fraction=key.fraction, protocol=key.protocol, seed=key.seed, label_column=key.label
+    )
+    config = DetectorConfig.from_config(
+        settings,
+        mode=key.mode,
+        label=key.label,
+        protocol=key.protocol,
+        seed=key.seed,
+        num_workers=num_workers,
+        precision=precision,
+    )
+    if config.score_threshold is None:  # from_config resolves null with the protocol
+        raise ValueError(f"no score threshold for protocol {key.protocol!r}")
+    threshold = float(config.score_threshold)
+    for name, part in parts.items():
+        log.info(
+            "%s: %d images (%d with a %s box) of %d patients",
+            name,
+            len(part),
+            int(part[key.label].sum()),
+            key.label,
+            part["patient_id"].nunique(),
+        )
+    torch_device = pick_device(device)
+    columns = ["image_id", "patient_id", "png_path"]
+    in_parts = {name: part[columns].reset_index(drop=True) for name, part in parts.items()}
+    wanted = set().union(*(set(p["image_id"]) for p in in_parts.values()))
+    result = train_detector(
+        in_parts,
+        truths[truths["image_id"].isin(wanted)].reset_index(drop=True),
+        config,
+        checkpoint=checkpoint,
+        device=str(torch_device),
+        iou_threshold=iou_threshold,
+        load_kwargs={"text_backbone": text_backbone} if text_backbone else None,
+    )
+    report = in_parts["report"]
+    report_truths = truths[truths["image_id"].isin(set(report["image_id"]))].reset_index(drop=True)
+    patient_of = dict(zip(report["image_id"], report["patient_id"], strict=True))
+    detections = result.detections.reset_index(drop=True)
+    detections = pd.DataFrame(
+        {
+            "image_id": detections["image_id"].astype(str),
+            "patient_id": detections["image_id"].astype(str).map(patient_of),
+            "score": detections["score"].astype(float),
+            **{c: detections[c].astype(float) for c in _BOX},
+        }
+    )
+    if detections["patient_id"].isna().any():
+        raise ValueError("the detector returned detections of images outside the report part")
+    detections = detections.sort_values(["image_id", "score"], ascending=[True, False], kind="stable")
+    metrics = detection_metrics(
+        detections,
+        report_truths,
+        report[["image_id", "patient_id"]],
+        froc=key.protocol == "clean",
+        n_boot=n_boot,
+        seed=key.seed,
+        iou_threshold=iou_threshold,
+    )
+    info = dict(result.info)
+    log.info("trained in %.1f s", info.pop("train_seconds", float("nan")))  # kept out of the files
+    keys = key.record(paper_model=paper_model)
+    metrics = pd.DataFrame([{**keys, **row} for row in metrics.to_dict("records")])
+    metrics = metrics.assign(
+        n_train=len(parts["train"]),
+        n_train_boxes=int(truths["image_id"].isin(set(parts["train"]["image_id"])).sum()),
+        n_select=len(parts["select"]),
+        selected_epoch=info.get("best_epoch"),
+        score_threshold=threshold,
+        iou_threshold=iou_threshold,
+        checkpoint=str(checkpoint),
+        code_version=code_version(),
+    )
+    for row in metrics.itertuples():
+        log.info(
+            "%s %s %s %s frac %g fold %d: %s %.3f [%.3f, %.3f] (%d images, %d boxes)",
+            key.protocol,
+            key.dataset,
+            key.label,
+            key.mode,
+            key.fraction,
+            key.fold,
+            row.metric,
+            row.value,
+            row.value_low,
+            row.value_high,
+            row.n_images,
+            row.n_boxes,
+        )
+    write_table(metrics, outputs["metrics"])
+    write_table(detections.reset_index(drop=True), outputs["detections"])
+    write_table(pd.DataFrame(result.history), outputs["history"])
+    plain = (str, int, float, bool, type(None))
+    record = write_provenance(
+        outputs["provenance"],
+        **keys,
+        checkpoint=str(checkpoint),
+        tables={"images": str(images), "boxes": str(boxes)},
+        detector=config.to_dict(),
+        score_threshold=threshold,
+        iou_threshold=iou_threshold,
+        n_boot=n_boot,
+        boxes=counts,
+        n_images={name: len(part) for name, part in parts.items()},
+        n_positive_images={name: int(part[key.label].sum()) for name, part in parts.items()},
+        info={k: v for k, v in info.items() if isinstance(v, plain)},
+        device=str(torch_device),
+    )
+    # torch.save names its zip archive after the file: the temporary file keeps the destination's stem
+    model = Path(outputs["model"])
+    with atomic_path(model, temporary=model.with_suffix(".tmp")) as tmp:
+        torch.save({"state_dict": result.state_dict, "metadata": record}, tmp)
+    return metrics
+
+
+def _panel_items(
+    detections: pd.DataFrame, truths: pd.DataFrame, report: pd.DataFrame, *, label: str, top: int = 3
+) -> list[dict[str, Any]]:
+    """Up to 6 report images with boxes of the label and 2 without (by image id), each with its truths and
+    its ``top`` highest-scoring detections, for :func:`mammoclip.plots.detection_panel`."""
+    import numpy as np
+
+    positives = sorted(set(report.loc[report[label] == 1, "image_id"]))[:6]
+    negatives = sorted(set(report.loc[report[label] == 0, "image_id"]))[: 8 - len(positives)]
+    path_of = dict(zip(report["image_id"], report["png_path"], strict=True))
+    items = []
+    for image_id in [*positives, *negatives]:
+        found = detections[detections["image_id"] == image_id].nlargest(top, "score", keep="first")
+        items.append(
+            {
+                "png_path": path_of[image_id],
+                "title": str(image_id),
+                "truths": truths.loc[truths["image_id"] == image_id, list(_BOX)].to_numpy(np.float64),
+                "detections": found[list(_BOX)].to_numpy(np.float64),
+                "scores": found["score"].to_numpy(np.float64),
+            }
+        )
+    return items
+
+
+def detection_table(
+    *,
+    metrics: Sequence[PathLike],
+    detections: Sequence[PathLike],
+    images: PathLike,
+    boxes: PathLike,
+    paper_results: PathLike,
+    protocol: str,
+    markdown: PathLike,
+    csv: PathLike,
+    froc_plots: Sequence[PathLike],
+    panels: Sequence[PathLike],
+    paper_model: str,
+    iou_threshold: float = 0.5,
+) -> pd.DataFrame:
+    """One protocol's detection table (``markdown`` and ``csv``: the same stem) from the runs' ``metrics``,
+    and per label a FROC plot (``froc_{label}.png``: every run's curve on its report images, runs of one
+    setting and fraction averaged) and a panel of test images with truths and detections
+    (``detections_{label}.png``: one run, the largest fraction, finetuned when available). ``detections``
+    are the same runs' ``detections.csv``, in the order of ``metrics``. Returns the table."""
+    from mammoclip.evaluate.detection import froc_curve
+    from mammoclip.evaluate.protocols import split_detection
+    from mammoclip.paper_tables import detection_table as build_table
+    from mammoclip.paper_tables import read_paper_results, write_table_files
+    from mammoclip.plots import detection_panel, froc_plot
+
+    out_stem = Path(markdown).with_suffix("")
+    if Path(csv) != out_stem.with_name(out_stem.name + ".csv"):
+        raise ValueError(f"{markdown} and {csv} must share their stem")
+    if len(metrics) != len(detections) or any(
+        Path(m).parent != Path(d).parent for m, d in zip(metrics, detections, strict=False)
+    ):
+        raise ValueError("metrics and detections must be the files of the same runs, in the same order")
+    frames = [
+        pd.read_csv(p, dtype={"model": str, "checkpoint": str, "paper_model": str, "protocol": str})
+        for p in metrics
+    ]
+    paper = read_paper_results(paper_results)
+    table = build_table(frames, paper, protocol=protocol)
+    write_table_files(table, out_stem, caption="Detection")
+    log.info("%s protocol: detection table from %d runs", protocol, len(metrics))
+
+    runs = [
+        (frame.iloc[0].to_dict(), path)
+        for frame, path in zip(frames, detections, strict=True)
+        if len(frame) and frame["protocol"].iloc[0] == protocol
+    ]
+    targets = {Path(p).stem.removeprefix("froc_"): p for p in froc_plots}
+    panel_targets = {Path(p).stem.removeprefix("detections_"): p for p in panels}
+    for label in dict.fromkeys([*targets, *panel_targets]):
+        image_table, truths, _ = detection_truths(images, boxes, label=label)
+        report = split_detection(image_table, label=label, protocol=protocol)["report"]
+        report_truths = truths[truths["image_id"].isin(set(report["image_id"]))]
+        curves, chosen = [], None
+        for run, path in runs:
+            if run["label"] != label:
+                continue
+            if int(run["n_images"]) != len(report):
+                raise ValueError(
+                    f"{path}: the run evaluated {run['n_images']} images, the {protocol} protocol's test "
+                    f"part now has {len(report)} (rerun the detectors)"
+                )
+            found = pd.read_csv(
+                path, dtype={"image_id": str, "patient_id": str, **dict.fromkeys(("score", *_BOX), float)}
+            )
+            curve = froc_curve(found, report_truths, len(report), iou_threshold=iou_threshold)
+            keys = {k: run[k] for k in ("label", "setting", "data_frac", "model", "protocol", "fold", "seed")}
+            curves.append(curve.assign(**keys))
+            rank = (run["setting"] == "ft", float(run["data_frac"]), -int(run["fold"]), -int(run["seed"]))
+            if chosen is None or rank > chosen[0]:
+                chosen = (rank, run, found)
+        where = "positive test images" if protocol == "paper" else "all test images"
+        if label in targets:
+            empty = pd.DataFrame(columns=["label", "setting", "data_frac", "fp_per_image", "sensitivity"])
+            froc_plot(
+                pd.concat(curves, ignore_index=True) if curves else empty,
+                targets[label],
+                title=f"{label}: FROC, {protocol} protocol ({len(report)} {where})",
+            )
+        if label in panel_targets:
+            items, title = [], f"{label}: no run"
+            if chosen is not None:
+                _, run, found = chosen
+                items = _panel_items(found, report_truths, report, label=label)
+                title = (
+                    f"{label}, {run['setting']} {float(run['data_frac']) * 100:g} %, fold {int(run['fold'])} "
+                    f"seed {int(run['seed'])} ({protocol} protocol): truths green, top detections orange"
+                )
+            detection_panel(items, panel_targets[label], title=title)
     return table

@@ -260,3 +260,111 @@ def classifier_runtime(wildcards):
 
 CLASSIFY_THREADS = max(CLASSIFY["num_workers"], 1)
 CLASSIFY_MEM_MB = 16000 if CLASSIFY["gpus"] else 4000
+
+
+# Detector runs (rules/detect.smk): one job per (protocol, dataset, label, model, mode, fraction, fold,
+# seed) for the labels with a detection category (registry), enumerated from config.
+DETECT = config["detect"]
+DETECT_LABELS = {
+    label: settings
+    for label, settings in DETECT["labels"].items()
+    if settings["enabled"]
+    and registry.get_label(label).detection_category
+    and registry.get_label(label).dataset in ENABLED_DATASETS
+}
+DETECT_RUN = (
+    "results/detect/{protocol}/{dataset}/{label}/{model}/{mode}/frac{frac}/"
+    "fold{fold}_seed{seed}"
+)
+
+
+def detection_runs():
+    """Every configured detector run as a dict of wildcard values."""
+    runs = []
+    for label, settings in DETECT_LABELS.items():
+        dataset = registry.get_label(label).dataset
+        for protocol, (mode, fractions) in itertools.product(
+            DETECT["protocols"], settings["fractions"].items()
+        ):
+            for fraction, fold, seed, model in itertools.product(
+                fractions,
+                registry.detection_folds(dataset, protocol, config),
+                DETECT["seeds"],
+                CHECKPOINTS,
+            ):
+                runs.append(
+                    dict(
+                        protocol=protocol,
+                        dataset=dataset,
+                        label=label,
+                        model=model,
+                        mode=mode,
+                        frac=format_fraction(fraction),
+                        fold=fold,
+                        seed=seed,
+                    )
+                )
+    return runs
+
+
+DETECTION_RUNS = detection_runs()
+# labels with at least one run: one FROC plot and one detection panel each
+DETECT_PLOT_LABELS = list(dict.fromkeys(run["label"] for run in DETECTION_RUNS))
+DETECT_DATASETS = list(dict.fromkeys(run["dataset"] for run in DETECTION_RUNS))
+if len(DETECT_DATASETS) > 1:
+    raise WorkflowError(f"detection tables read one dataset, got {DETECT_DATASETS}")
+
+
+def detection_files(name, **only):
+    """The `name` file (e.g. metrics.csv) of every detector run matching `only` (e.g. protocol="clean")."""
+    return [
+        f"{DETECT_RUN.format(**run)}/{name}"
+        for run in DETECTION_RUNS
+        if all(str(run[k]) == str(v) for k, v in only.items())
+    ]
+
+
+def detector_inputs(wildcards):
+    """The image and box tables detection reads (registry) and the checkpoint."""
+    return {
+        **registry.get_dataset(wildcards.dataset).detection_inputs(),
+        "checkpoint": CHECKPOINTS[wildcards.model],
+    }
+
+
+def detection_table_inputs(wildcards):
+    """The image and box tables of the detection dataset (for FROC curves and panels)."""
+    return {
+        k: v
+        for dataset in DETECT_DATASETS
+        for k, v in registry.get_dataset(dataset).detection_inputs().items()
+    }
+
+
+def detector_settings(wildcards):
+    """Only this label's (and mode's) detector settings, so editing one label reruns only its jobs."""
+    settings = DETECT["labels"][wildcards.label]
+    merged = {
+        k: v
+        for k, v in settings.items()
+        if k not in ("enabled", "fractions", "mode_overrides")
+    }
+    return {**merged, **settings.get("mode_overrides", {}).get(wildcards.mode, {})}
+
+
+def detector_runtime(wildcards):
+    settings = detector_settings(wildcards)
+    images = IMAGE_COUNTS[wildcards.dataset]
+    return sizes.detector_runtime(
+        images=images,
+        select_images=images // 5,
+        fraction=float(wildcards.frac),
+        epochs=settings["epochs"],
+        mode=wildcards.mode,
+        pixels=settings["input_height"] * settings["input_width"],
+        gpus=DETECT["gpus"],
+    )
+
+
+DETECT_THREADS = max(DETECT["num_workers"], 1)
+DETECT_MEM_MB = 16000 if DETECT["gpus"] else 4000

@@ -45,3 +45,53 @@ def test_benchmark_table(tmp_path):
     assert "ours (legacy)" in text and "upstream reference" in text
     with pytest.raises(ValueError):
         synthetic_mammogram(10, 10, side="middle")
+
+
+DETECT_COLUMNS = [
+    "encoder",
+    "device",
+    "precision",
+    "mode",
+    "phase",
+    "input",
+    "images_per_s",
+    "seconds_per_batch",
+    "peak_memory_mib",
+    "parameters_m",
+    "trainable_m",
+    "threads",
+]
+
+
+def test_bench_detect_command(capsys, tmp_path):
+    """`mammoclip bench detect` on a tiny timm encoder and input: one row per (mode, phase)."""
+    import pandas as pd
+
+    from mammoclip.cli import main
+
+    csv = tmp_path / "detect.csv"
+    argv = ["bench", "detect", "--encoder", "test_efficientnet", "--size", "64", "--batch-size", "2"]
+    argv += ["--steps", "1", "--mode", "ft", "--mode", "freeze", "--fpn-channels", "16", "--csv", str(csv)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header == DETECT_COLUMNS
+    table = pd.read_csv(csv)
+    assert list(table.columns) == DETECT_COLUMNS
+    assert list(zip(table["mode"], table["phase"], strict=True)) == [
+        ("ft", "inference"),
+        ("ft", "train"),
+        ("freeze", "inference"),
+        ("freeze", "train"),
+    ]
+    assert (table["device"] == "cpu").all() and (table["input"] == "2x3x64x64").all()
+    assert (table["images_per_s"] > 0).all() and (table["peak_memory_mib"] > 0).all()
+    assert np.allclose(table["images_per_s"] * table["seconds_per_batch"], 2.0)
+    # the frozen encoder does not train: fewer trainable parameters, the same model
+    ft, freeze = table.iloc[0], table.iloc[2]
+    assert ft["parameters_m"] == freeze["parameters_m"] and ft["trainable_m"] == ft["parameters_m"]
+    assert 0 < freeze["trainable_m"] < ft["trainable_m"]
+    with pytest.raises(ValueError, match="modes"):
+        from mammoclip.bench import benchmark_detection
+
+        benchmark_detection("test_efficientnet", size=64, modes=("lp",))

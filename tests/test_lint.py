@@ -54,6 +54,7 @@ UPSTREAM_SECTIONS = {
     "models",
     "pretraining",
     "classifiers",
+    "detection",
     "zero-shot",
     "evaluation",
     "checkpoints",

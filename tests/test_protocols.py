@@ -10,6 +10,7 @@ from mammoclip.evaluate.protocols import (
     rsna_fold_roles,
     rsna_folds_to_run,
     sample_fraction,
+    split_detection,
     split_rsna,
     split_vindr,
 )
@@ -202,3 +203,83 @@ def test_clean_fraction_keeps_a_positive_patient(rsna):
         sample_fraction(rsna, fraction=0.0, protocol="clean", seed=0)
     with pytest.raises(ValueError, match="0/1"):
         sample_fraction(rsna.assign(cancer=2), fraction=0.5, protocol="clean", seed=0, label_column="cancer")
+
+
+# ---- detection ----
+
+
+def test_paper_detection_uses_positive_images_only(vindr_images):
+    parts = split_detection(vindr_images, label="Mass", protocol="paper", val_fold=0, seed=3)
+    positive = vindr_images[vindr_images["Mass"] == 1]
+    pd.testing.assert_frame_equal(parts["train"], positive[positive["split"] == "training"])
+    pd.testing.assert_frame_equal(parts["report"], positive[positive["split"] == "test"])
+    pd.testing.assert_frame_equal(parts["select"], parts["report"])  # upstream selects on the test split
+    assert all((part["Mass"] == 1).all() for part in parts.values())
+
+
+def test_clean_detection_trains_with_negatives_and_reports_all_test_images(vindr_images):
+    parts = split_detection(vindr_images, label="Mass", protocol="clean", val_fold=1, seed=3)
+    training = vindr_images[vindr_images["split"] == "training"]
+    pd.testing.assert_frame_equal(parts["train"], training[training["val_fold"] != 1])
+    pd.testing.assert_frame_equal(parts["select"], training[training["val_fold"] == 1])
+    pd.testing.assert_frame_equal(parts["report"], vindr_images[vindr_images["split"] == "test"])
+    assert set(parts["report"]["Mass"]) == {0, 1} and set(parts["train"]["Mass"]) == {0, 1}
+    _assert_patient_disjoint(parts)
+    assert not _patients(parts["select"]) & _patients(parts["report"])
+
+
+def test_clean_detection_subsamples_negatives_seeded(vindr_images):
+    full = split_detection(vindr_images, label="Mass", protocol="clean", val_fold=0)["train"]
+    negatives = full[full["Mass"] == 0]
+    half = split_detection(
+        vindr_images, label="Mass", protocol="clean", val_fold=0, seed=5, negative_fraction=0.5
+    )
+    train = half["train"]
+    pd.testing.assert_frame_equal(train[train["Mass"] == 1], full[full["Mass"] == 1])  # every positive
+    assert (train["Mass"] == 0).sum() == round(0.5 * len(negatives))
+    assert train.index.is_monotonic_increasing  # input order
+    again = split_detection(
+        vindr_images, label="Mass", protocol="clean", val_fold=0, seed=5, negative_fraction=0.5
+    )
+    pd.testing.assert_frame_equal(train, again["train"])
+    others = {
+        frozenset(
+            split_detection(
+                vindr_images, label="Mass", protocol="clean", val_fold=0, seed=s, negative_fraction=0.5
+            )["train"]["image_id"]
+        )
+        for s in range(5)
+    }
+    assert len(others) > 1
+    none = split_detection(vindr_images, label="Mass", protocol="clean", val_fold=0, negative_fraction=0.0)
+    assert (none["train"]["Mass"] == 1).all()
+    pd.testing.assert_frame_equal(none["select"], half["select"])  # selection and report keep negatives
+
+
+def test_detection_fraction_of_the_training_part(vindr_images):
+    train = split_detection(vindr_images, label="Mass", protocol="clean", val_fold=0)["train"]
+    sample = sample_fraction(train, fraction=0.5, protocol="clean", seed=1, label_column="Mass")
+    assert sample["Mass"].max() == 1 and sample["Mass"].min() == 0
+    for patient, rows in sample.groupby("patient_id"):
+        assert rows.index.equals(train.index[train["patient_id"] == patient])
+
+
+def test_detection_checks(vindr_images, vindr_rows):
+    with pytest.raises(ValueError, match="duplicated image_id"):
+        split_detection(vindr_rows, label="Mass", protocol="clean")
+    with pytest.raises(ValueError, match="0/1"):
+        split_detection(vindr_images.assign(Mass=2), label="Mass", protocol="paper")
+    with pytest.raises(ValueError, match="missing columns"):
+        split_detection(vindr_images, label="Suspicious_Calcification", protocol="paper")
+    with pytest.raises(ValueError, match="negative_fraction"):
+        split_detection(vindr_images, label="Mass", protocol="clean", negative_fraction=1.5)
+    with pytest.raises(ValueError, match="no training image with a box"):
+        split_detection(vindr_images.assign(Mass=0), label="Mass", protocol="clean")
+    with pytest.raises(ValueError, match="unknown protocol"):
+        split_detection(vindr_images, label="Mass", protocol="other")
+    with pytest.raises(ValueError, match="no rows"):  # no positive test image
+        split_detection(
+            vindr_images.assign(Mass=vindr_images["split"].eq("training").astype(int)),
+            label="Mass",
+            protocol="paper",
+        )

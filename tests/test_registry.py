@@ -117,6 +117,35 @@ def test_fold_policy(config):
     assert registry.classifier_folds("rsna", "clean", configured) == [2]
 
 
+def test_detection_labels_tables_and_folds(config):
+    assert [(label.name, label.detection_category) for label in registry.detection_labels()] == [
+        ("Mass", "Mass"),
+        ("Suspicious_Calcification", "Suspicious Calcification"),
+    ]
+    assert registry.detection_labels("rsna") == []
+    # every label with a detector has its settings in the detect section, and no other label
+    assert sorted(config["detect"]["labels"]) == sorted(label.name for label in registry.detection_labels())
+    assert registry.get_dataset("vindr").detection_inputs() == {
+        "images": "results/annotations/vindr/vindr_images.csv",
+        "boxes": "results/annotations/vindr/vindr_boxes.csv",
+    }
+    assert registry.get_dataset("rsna").detection_inputs() == {}
+    assert registry.detection_folds("vindr", "paper", config) == [0]
+    configured = {**config, "detect": {**config["detect"], "folds": [1, 3]}}
+    assert registry.detection_folds("vindr", "clean", configured) == [1, 3]
+    with pytest.raises(ValueError, match="detection_tables needs"):
+        DatasetEntry(
+            name="x",
+            description="x",
+            id_columns={},
+            metadata_files=("a.csv",),
+            phantom_generator="m.f",
+            phantom_size_key="n",
+            annotation_tables={"images": "i.csv"},
+            detection_tables={"images": "images"},
+        )
+
+
 def test_unknown_names_are_refused_with_the_known_ones():
     with pytest.raises(ValueError, match="unknown dataset 'ddsm'; known: vindr, rsna, inhouse"):
         registry.get_dataset("ddsm")

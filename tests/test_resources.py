@@ -4,6 +4,7 @@ from mammoclip.resources import (
     classifier_runtime,
     conversion_resources,
     count_rows,
+    detector_runtime,
     embedding_resources,
     grow,
     table_resources,
@@ -37,6 +38,17 @@ def test_tables_embedding_and_classifier_sizes():
     )
     assert ft == 15 + 3074 and lp == 15 + 99  # 1.5 x 30 x 16 391 x 0.25 s; 10 % and 0.08 s
     assert classifier_runtime(images=10, fraction=1, epochs=1, mode="lp", pixels=1, gpus=0, cached=True) == 15
+
+
+def test_detector_runtime_scales_with_images_epochs_mode_and_input():
+    full = dict(images=16_000, select_images=3_200, fraction=1.0, epochs=120, pixels=512 * 512, gpus=1)
+    # 1.5 x 120 x 0.05 s x (16 000 training + 3 200 / 3 selection images); frozen encoder 0.03 s
+    assert detector_runtime(**full, mode="ft") == 15 + 2560
+    assert detector_runtime(**full, mode="freeze") == 15 + 1536
+    assert detector_runtime(**{**full, "fraction": 0.1}, mode="ft") < detector_runtime(**full, mode="ft") / 5
+    # the demo: 160 images at 256 x 160 on the CPU, 8 epochs
+    demo = dict(images=160, select_images=32, fraction=1.0, epochs=8, pixels=256 * 160, gpus=0)
+    assert detector_runtime(**demo, mode="ft") == 15 + 6
 
 
 def test_grow_multiplies_by_the_attempt_for_numbers_and_functions():

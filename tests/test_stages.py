@@ -35,6 +35,8 @@ DAG_ORDER = [
     "zero_shot",
     "classify",
     "classification_table",
+    "detect",
+    "detection_table",
 ]
 
 
@@ -87,7 +89,8 @@ def test_every_rule_with_a_script_has_the_stage_of_its_name(rule_names):
             assert rule == stem or rule.startswith(f"{stem}_"), rule
             assert callable(getattr(stages, stem)), stem
             with_scripts.append(rule)
-    assert {"phantom_vindr", "phantom_rsna", "phantom_inhouse", "classify", "pretrain"} <= set(with_scripts)
+    expected = {"phantom_vindr", "phantom_rsna", "phantom_inhouse", "classify", "pretrain", "detect"}
+    assert expected | {"detection_table"} <= set(with_scripts)
 
 
 def test_stages_are_defined_in_dag_order_and_keyword_only():

@@ -13,6 +13,7 @@ from mammoclip.paper_tables import (
     aggregate_runs,
     caption_for,
     data_efficiency_plot,
+    detection_table,
     paper_table,
     read_paper_results,
     to_markdown,
@@ -375,3 +376,132 @@ def test_data_efficiency_plot(runs, paper, tmp_path):
         data_efficiency_plot(agg, tmp_path / "e.png", dataset="vindr", label="density")
     with pytest.raises(ValueError, match="no lp/ft results"):
         data_efficiency_plot(agg, tmp_path / "f.png", dataset="rsna", label="cancer", paper=paper)
+
+
+# ---------------------------------------------------------------------------------------------- detection
+
+FPS = (0.125, 0.25, 0.5, 1, 2, 4)
+
+
+def _detection_metrics(label, setting, frac, *, protocol, fold, map50, seed=10, model=MC):
+    """One detector run's metrics.csv (design: metric, value, value_low/high, counts + run keys)."""
+    rows = [("map50", map50, map50 - 0.1, map50 + 0.1)]
+    if protocol == "clean":
+        rows.append(("cpm", map50 + 0.2, map50 + 0.1, map50 + 0.3))
+        rows += [(f"sensitivity_at_{fp:g}", 0.1 * (i + 1), np.nan, np.nan) for i, fp in enumerate(FPS)]
+    return pd.DataFrame(
+        [
+            {
+                "metric": metric,
+                "value": value,
+                "value_low": low,
+                "value_high": high,
+                "n_images": 40,
+                "n_boxes": 12,
+                "n_patients": 10,
+                "dataset": "vindr",
+                "label": label,
+                "setting": setting,
+                "data_frac": frac,
+                "model": model,
+                "paper_model": "mc_enb5" if model == MC else np.nan,
+                "protocol": protocol,
+                "fold": fold,
+                "seed": seed,
+                "checkpoint": f"ckpt/{model}.tar",
+                "code_version": "abc123",
+            }
+            for metric, value, low, high in rows
+        ]
+    )
+
+
+@pytest.fixture
+def detection_frames():
+    frames = [
+        _detection_metrics("Mass", "freeze", 1.0, protocol="paper", fold=0, map50=0.30),
+        _detection_metrics("Mass", "ft", 1.0, protocol="paper", fold=0, map50=0.50),
+        _detection_metrics("Suspicious_Calcification", "ft", 0.1, protocol="paper", fold=0, map50=0.10),
+    ]
+    # clean: two validation folds of Mass ft 100 %
+    frames += [
+        _detection_metrics("Mass", "ft", 1.0, protocol="clean", fold=k, map50=0.40 + 0.02 * k) for k in (0, 1)
+    ]
+    return frames
+
+
+@pytest.fixture
+def real_paper():
+    return read_paper_results(REAL_PAPER_CSV)
+
+
+def test_detection_table_paper_protocol(detection_frames, real_paper):
+    table = detection_table(detection_frames, real_paper, protocol="paper")
+    layout = list(zip(table["label"], table["metric"], table["setting"], table["data_frac"], strict=True))
+    # the paper's order (calcification first), frozen encoder before finetune; every paper cell shown
+    assert layout == [
+        ("Suspicious_Calcification", "map50", "freeze", 1.0),
+        ("Suspicious_Calcification", "map50", "ft", 0.1),
+        ("Suspicious_Calcification", "map50", "ft", 0.5),
+        ("Suspicious_Calcification", "map50", "ft", 1.0),
+        ("Mass", "map50", "freeze", 1.0),
+        ("Mass", "map50", "ft", 0.1),
+        ("Mass", "map50", "ft", 0.5),
+        ("Mass", "map50", "ft", 1.0),
+    ]
+    assert set(table["protocol"]) == {"paper"} and table.attrs["models"] == {MC: "mc_enb5"}
+    assert _cell(table, "Mass", "freeze", 1.0, MC) == "0.300 [0.200, 0.400]"
+    assert _cell(table, "Mass", "freeze", 1.0, "paper mc_enb5") == 0.35
+    assert _cell(table, "Mass", "freeze", 1.0, f"{MC} - mc_enb5") == pytest.approx(0.30 - 0.35)
+    assert _cell(table, "Mass", "ft", 1.0, f"{MC} - mc_enb5") == pytest.approx(0.50 - 0.58)
+    assert _cell(table, "Suspicious_Calcification", "ft", 0.1, "paper mc_enb5") == 0.12
+    # no run: ours and the difference empty, the paper's value shown
+    assert (
+        _cell(table, "Mass", "ft", 0.5, MC) == "" and _cell(table, "Mass", "ft", 0.5, "paper mc_enb5") == 0.52
+    )
+    assert math.isnan(_cell(table, "Mass", "ft", 0.5, f"{MC} - mc_enb5"))
+    md = to_markdown(table, caption="Detection")
+    assert md.startswith(
+        "**Table.** Detection. paper protocol (upstream): VinDr images with at least one box"
+    )
+    assert (
+        "best epoch chosen on the test split" in md
+        and "vindr: mAP@0.5 (Suspicious_Calcification, Mass)" in md
+    )
+    assert "majority baseline" not in md.splitlines()[2]  # no baseline column for detection
+    row = next(line for line in md.splitlines() if "| Mass | mAP@0.5 | frozen encoder | 100 % |" in line)
+    assert row.endswith("| 0.300 [0.200, 0.400] | 0.35 | -0.05 |")
+    with pytest.raises(ValueError, match="protocol"):
+        detection_table(detection_frames, real_paper, protocol="other")
+
+
+def test_detection_table_clean_protocol_froc_rows(detection_frames, real_paper, tmp_path):
+    table = detection_table(detection_frames, real_paper, protocol="clean")
+    mass = table[table["label"] == "Mass"]
+    # the paper's AP rows, then CPM and the sensitivities by FP rate (ours only)
+    metrics = list(dict.fromkeys(mass["metric"]))
+    assert metrics == ["map50", "cpm", *(f"sensitivity_at_{fp:g}" for fp in FPS)]
+    assert _cell(table, "Mass", "ft", 1.0, MC, metric="map50") == "0.410 ± 0.014 (n=2)"
+    assert _cell(table, "Mass", "ft", 1.0, f"{MC} - mc_enb5", metric="map50") == pytest.approx(0.41 - 0.58)
+    assert _cell(table, "Mass", "ft", 1.0, f"{MC} mean", metric="cpm") == pytest.approx(0.61)
+    assert math.isnan(_cell(table, "Mass", "ft", 1.0, "paper mc_enb5", metric="cpm"))
+    assert math.isnan(_cell(table, "Mass", "ft", 1.0, f"{MC} - mc_enb5", metric="cpm"))
+    assert _cell(table, "Mass", "ft", 1.0, MC, metric="sensitivity_at_4") == "0.600 ± 0.000 (n=2)"
+    assert len(table[table["metric"] == "cpm"]) == 1  # FROC rows only where we ran
+    # the paper-protocol runs are not in the clean table
+    ap = table.loc[table["metric"] == "map50", f"{MC} mean"]
+    assert ap.dropna().round(6).tolist() == [0.41]
+    caption = caption_for(table, "Detection")
+    assert "clean protocol: training images include negatives" in caption
+    assert "CPM (Mass); sensitivity at 0.125 FP/image (Mass)" in caption
+    md1, csv1 = write_table_files(table, tmp_path / "a" / "detection", "Detection")
+    md2, _ = write_table_files(table.copy(), tmp_path / "b" / "detection", "Detection")
+    assert md1.read_bytes() == md2.read_bytes()
+    text = md1.read_text()
+    assert "| vindr | Mass | CPM | finetune | 100 % | 0.610 ± 0.014 (n=2) |  |  |" in text
+    assert "| vindr | Mass | sensitivity at 0.125 FP/image | finetune | 100 % |" in text
+    # read back from the CSV (attrs lost): same Markdown, detection caption included
+    back = pd.read_csv(csv1)
+    assert to_markdown(back, caption="Detection") == text
+    # no run of the protocol: the table is empty, not an error
+    assert detection_table(detection_frames[:1], real_paper, protocol="clean").empty

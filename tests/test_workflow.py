@@ -41,6 +41,25 @@ TINY = {
             "cancer": {"epochs": 3, "fractions": {"lp": [1.0], "ft": []}},
         },
     },
+    # Mass detectors at the PNG size, both modes and protocols (the tiny phantom's test split has no
+    # calcification, so the paper protocol would have no test image for it)
+    "detect": {
+        "precision": "fp32",
+        "num_workers": 0,
+        "gpus": 0,
+        "n_boot": 20,
+        "labels": {
+            "Mass": {
+                "epochs": 2,
+                "lr": 1.0e-3,
+                "input_height": 128,
+                "input_width": 80,
+                "anchor_sizes": [8, 16, 32, 64, 128],
+                "fractions": {"freeze": [1.0], "ft": [1.0]},
+            },
+            "Suspicious_Calcification": {"enabled": False},
+        },
+    },
 }
 pytestmark = pytest.mark.slow
 
@@ -224,6 +243,46 @@ def test_tables_plots_and_report(demo, tmp_path):
     assert report.stat().st_size > 10_000
 
 
+def test_detector_runs_write_metrics_detections_and_provenance(demo):
+    found = set()
+    for path in (demo / "results/detect").rglob("metrics.csv"):
+        metrics = pd.read_csv(path, dtype={"model": str})
+        row = metrics.iloc[0]
+        found.add((row.protocol, row.dataset, row.label, row.setting, f"{row.data_frac:g}", int(row.fold)))
+        expected = {"map50"} | ({"cpm"} | {f"sensitivity_at_{r:g}" for r in (0.125, 0.25, 0.5, 1, 2, 4)})
+        assert set(metrics["metric"]) == (expected if row.protocol == "clean" else {"map50"})
+        assert metrics["checkpoint"].str.endswith("tiny-clip.tar").all()
+        assert metrics["paper_model"].eq("mc_enb5").all() and metrics["seed"].eq(10).all()
+        run = path.parent
+        assert run.relative_to(demo).as_posix() == (
+            f"results/detect/{row.protocol}/vindr/Mass/tiny-clip/{row.setting}/frac1/fold0_seed10"
+        )
+        assert (run / "model.pt").stat().st_size > 0 and (run / "history.csv").exists()
+        detections = pd.read_csv(run / "detections.csv", dtype={"image_id": str})
+        assert list(detections.columns) == ["image_id", "patient_id", "score", "xmin", "ymin", "xmax", "ymax"]
+        assert (detections["xmax"] <= 80 + 1e-3).all() and (detections["ymax"] <= 128 + 1e-3).all()
+        record = json.loads((run / "provenance.json").read_text())
+        assert record["protocol"] == row.protocol and record["detector"]["input_width"] == 80
+        assert record["n_images"]["report"] == row.n_images
+        log = demo / f"logs/detect/{row.protocol}/vindr/Mass/tiny-clip/{row.setting}_frac1_fold0_seed10.log"
+        assert "outside the crop" in log.read_text()
+    assert found == {(p, "vindr", "Mass", m, "1", 0) for p in ("paper", "clean") for m in ("freeze", "ft")}
+
+
+def test_detection_tables_froc_plots_and_panels(demo):
+    for protocol in ("paper", "clean"):
+        table = pd.read_csv(demo / f"results/tables/{protocol}/detection.csv")
+        assert set(table["protocol"]) == {protocol}
+        mass = table[(table["label"] == "Mass") & (table["metric"] == "map50")]
+        assert {"freeze", "ft"} <= set(mass["setting"])
+        markdown = (demo / f"results/tables/{protocol}/detection.md").read_text()
+        assert f"{protocol} protocol" in markdown and "| Mass |" in markdown
+        assert ("CPM" in markdown) == (protocol == "clean")
+        for name in ("froc_Mass.png", "detections_Mass.png"):
+            png = cv2.imread(str(demo / f"results/tables/{protocol}/{name}"))
+            assert png is not None and png.shape[0] >= 400, name
+
+
 def _planned_jobs(stdout: str) -> list[tuple[str, dict]]:
     jobs = []
     for block in stdout.split("\nrule ")[1:]:
@@ -245,12 +304,35 @@ def test_changing_one_label_reruns_only_its_jobs(demo):
     assert {name for name, _ in jobs} == {"classify", "classification_table", "all"}
 
 
+def test_changing_one_detector_mode_reruns_only_its_jobs(demo):
+    config = yaml.safe_load((demo / "config/config.yaml").read_text())
+    config["detect"]["labels"]["Mass"]["mode_overrides"] = {"ft": {"lr": 2.0e-3}}
+    overlay = demo / "config" / "detect-ft-lr.yaml"
+    overlay.write_text(yaml.safe_dump(config))
+    jobs = _planned_jobs(snakemake(demo, "-n", "--configfile", str(overlay)).stdout)
+    detect = [w for name, w in jobs if name == "detect"]
+    assert sorted(w["protocol"] for w in detect) == ["clean", "paper"]
+    assert {(w["label"], w["mode"]) for w in detect} == {("Mass", "ft")}
+    assert {name for name, _ in jobs} == {"detect", "detection_table", "all"}
+    # the settings of a label without runs, and of the classifiers' Mass, leave the detectors alone
+    config = yaml.safe_load((demo / "config/config.yaml").read_text())
+    config["detect"]["labels"]["Suspicious_Calcification"]["epochs"] = 5
+    config["classify"]["labels"]["Mass"]["lr"] = 2.0e-3
+    overlay.write_text(yaml.safe_dump(config))
+    jobs = _planned_jobs(snakemake(demo, "-n", "--configfile", str(overlay)).stdout)
+    assert {name for name, _ in jobs} == {"classify", "classification_table", "all"}
+
+
 def test_named_targets_ask_for_one_table(demo):
     jobs = _planned_jobs(
         snakemake(demo, "-n", "--forcerun", "classification_table", "--", "table_clean").stdout
     )
     tables = [w for name, w in jobs if name == "classification_table"]
     assert [w["protocol"] for w in tables] == ["clean"]
+    jobs = _planned_jobs(
+        snakemake(demo, "-n", "--forcerun", "detection_table", "--", "table_detection_paper").stdout
+    )
+    assert [w["protocol"] for name, w in jobs if name == "detection_table"] == ["paper"]
 
 
 def test_nothing_to_do_on_rerun(demo):

@@ -10,7 +10,12 @@
   patient-level data fractions): :func:`~mammoclip.evaluate.protocols.split_vindr`,
   :func:`~mammoclip.evaluate.protocols.split_rsna`, :func:`~mammoclip.evaluate.protocols.sample_fraction`,
   :func:`~mammoclip.evaluate.protocols.rsna_folds_to_run`.
+* :mod:`mammoclip.evaluate.detection` — box matching (:func:`~mammoclip.evaluate.detection.match_detections`),
+  VOC all-point AP (:func:`~mammoclip.evaluate.detection.voc_ap`), FROC
+  (:func:`~mammoclip.evaluate.detection.froc_curve`, :func:`~mammoclip.evaluate.detection.froc_points`,
+  :func:`~mammoclip.evaluate.detection.cpm`) and all of them with bootstrap intervals over patients
+  (:func:`~mammoclip.evaluate.detection.detection_metrics`).
 
-Both modules are pure (arrays / DataFrames in, dicts / DataFrames out; no file or config I/O) and need only
+The modules are pure (arrays / DataFrames in, dicts / DataFrames out; no file or config I/O) and need only
 numpy, pandas and scikit-learn.
 """

@@ -1,4 +1,4 @@
-"""Evaluation protocols for the downstream classifiers: ``paper`` (upstream, as is) and ``clean``.
+"""Evaluation protocols of the classifiers and detectors: ``paper`` (upstream, as is) and ``clean``.
 
 Each protocol turns an annotation table into three explicit parts, ``train`` (fit), ``select`` (choose the
 best epoch) and ``report`` (the numbers that are published), as DataFrames that keep the input's index and
@@ -36,6 +36,16 @@ which protocol produced each result table.
   sample always includes a positive patient when the table has one and keeps about the original prevalence.
 * Parts are checked to be patient-disjoint (``patient_id``); a patient in two parts raises ``ValueError``.
 
+Detection (:func:`split_detection`, docs/upstream.md#detection) on VinDr's *image* table, with a 0/1
+column named after the label that says whether the image has at least one (usable) box of it:
+
+* ``paper``: ``train`` = training images with a box, ``select`` = ``report`` = test images with a box
+  (upstream's detector datasets hold positive images only, and it picks the best epoch on the test split).
+* ``clean``: ``train`` = training images outside validation fold ``val_fold``, all positives plus a seeded
+  ``negative_fraction`` of the negatives (``round(fraction * n)`` images drawn with
+  ``default_rng(seed)``); ``select`` = every image of the validation fold; ``report`` = every test image.
+  Parts are checked to be patient-disjoint.
+
 Invalid input (unknown protocol, missing columns, split values other than ``training``/``test``, folds not
 ``0..K-1``, a fold or split with no rows) raises ``ValueError``.
 """
@@ -56,6 +66,7 @@ __all__ = [
     "rsna_fold_roles",
     "rsna_folds_to_run",
     "sample_fraction",
+    "split_detection",
     "split_rsna",
     "split_vindr",
 ]
@@ -150,6 +161,53 @@ def split_vindr(table: pd.DataFrame, *, protocol: str, val_fold: int = 0) -> dic
     }
     _nonempty(parts, what)
     _check_patient_disjoint(parts, "patient_id", what)
+    return parts
+
+
+def split_detection(
+    images: pd.DataFrame,
+    *,
+    label: str,
+    protocol: str,
+    val_fold: int = 0,
+    seed: int = 0,
+    negative_fraction: float = 1.0,
+) -> dict[str, pd.DataFrame]:
+    """``{"train", "select", "report"}`` of a detector run on VinDr's image table (one row per image).
+
+    ``images[label]`` is 1 for an image with at least one box of the label, else 0. ``paper``: positive
+    training images / positive test images / the same again (``val_fold``, ``seed`` and
+    ``negative_fraction`` unused). ``clean``: training images outside ``val_fold`` (positives + a seeded
+    ``negative_fraction`` of the negatives) / all images of the fold / all test images, patient-disjoint.
+    Rows keep the input's order and columns.
+    """
+    check_protocol(protocol)
+    what = f"split_detection({protocol}, {label})"
+    _require(images, ["split", "patient_id", label], what)
+    if "image_id" in images.columns and images["image_id"].duplicated().any():
+        n_dup = int(images["image_id"].duplicated().sum())
+        raise ValueError(f"{what}: {n_dup} duplicated image_id rows; detection runs on the image table")
+    values = images[label]
+    if values.isna().any() or not values.isin([0, 1]).all():
+        raise ValueError(f"{what}: column {label!r} must hold 0/1 (image has a box of the label)")
+    if not 0.0 <= negative_fraction <= 1.0:
+        raise ValueError(f"{what}: negative_fraction must be in [0, 1], got {negative_fraction!r}")
+    if protocol == "paper":
+        positive = images[values.astype(bool)]
+        parts = split_vindr(positive, protocol="paper")
+        return {name: parts[name] for name in PARTS}
+    parts = split_vindr(images, protocol="clean", val_fold=val_fold)
+    train = parts["train"]
+    negative = train[train[label].eq(0)]
+    if negative_fraction < 1.0 and len(negative):
+        k = min(len(negative), _round_half_up(negative_fraction * len(negative)))
+        picked = np.random.default_rng(seed).choice(len(negative), size=k, replace=False)
+        dropped = negative.index.difference(negative.index[np.sort(picked)])
+        train = train.drop(index=dropped)
+    parts = {**parts, "train": train}
+    _nonempty(parts, what)
+    if not train[label].eq(1).any():
+        raise ValueError(f"{what}: no training image with a box of the label")
     return parts
 
 

@@ -40,6 +40,16 @@ checkpoint overwrites them; we never download. With ``pretrained=True`` the luke
 initialisation) is used when it is already on disk: ``cache_dir`` (the file itself or a folder holding it,
 also under ``checkpoints/``) or the torch hub cache (``torch.hub.get_dir()/checkpoints``).
 
+Feature stages (detection)
+--------------------------
+:meth:`ImageEncoder.feature_stages` returns three feature maps at strides 8, 16 and 32 of the input, with
+:attr:`ImageEncoder.stage_channels` channels, for a feature pyramid (docs/upstream.md#detection). They come
+from the same modules and weights as ``forward_features`` (no second copy of the network), and the stride-32
+map *is* the ``forward_features`` output: legacy EfficientNets tap the ends of the B0 stages 3 and 5 (stride
+8 and 16: 64 and 176 channels for B5, 48 and 120 for B2) and return the head (2048 / 1408); timm encoders
+use ``forward_intermediates`` at the last ``feature_info`` entries of reduction 8 and 16, plus the final
+feature map (models without those reductions, e.g. ViTs, are refused).
+
 timm encoders (any other name)
 ------------------------------
 ``timm.create_model(name, num_classes=0, global_pool="")`` plus our pooling; ``out_dim`` is
@@ -87,6 +97,8 @@ _STEM_CHANNELS, _HEAD_CHANNELS = 32, 1280
 _BN_EPS, _BN_MOMENTUM = 1e-3, 0.01  # PyTorch convention (TF decay 0.99)
 _SE_RATIO = 0.25
 _DROP_CONNECT = 0.2
+#: 0-based B0 stages whose last block gives the stride-8 and stride-16 maps of feature_stages
+_STRIDE8_STAGE, _STRIDE16_STAGE = 2, 4
 #: lukemelas ImageNet weights that upstream downloads as initialisation (only ever read from local disk)
 _LEGACY_IMAGENET_FILES = {"b5": "efficientnet-b5-b6417697.pth", "b2": "efficientnet-b2-8bb594d6.pth"}
 #: variant -> (stem channels, number of blocks, head channels): the signature used by infer_legacy_variant
@@ -111,6 +123,16 @@ class ImageEncoder(nn.Module):
         """``[B, 3, H, W]`` -> pooled features ``[B, out_dim]``."""
         pooled = F.adaptive_avg_pool2d(self.forward_features(x), 1).flatten(1)
         return self._dropout(pooled)
+
+    @property
+    def stage_channels(self) -> tuple[int, int, int]:
+        """Channels of the three :meth:`feature_stages` maps (strides 8, 16, 32)."""
+        raise NotImplementedError(f"{type(self).__name__} has no feature stages")
+
+    def feature_stages(self, x: Tensor) -> list[Tensor]:
+        """``[B, 3, H, W]`` -> feature maps at strides 8, 16 and 32 (in that order), with
+        :attr:`stage_channels` channels; the last one is the ``forward_features`` map."""
+        raise NotImplementedError(f"{type(self).__name__} has no feature stages")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -251,10 +273,15 @@ class LegacyEfficientNet(ImageEncoder):
         size = (-(-size[0] // 2), -(-size[1] // 2))
 
         layout = []  # (in, out, kernel, stride, expansion) per block
+        stage_ends = []  # index of the last block of each B0 stage
         for repeats, kernel, stride, expand, c_in, c_out in _B0_STAGES:
             c_in, c_out = _round_filters(c_in, width), _round_filters(c_out, width)
             for j in range(math.ceil(depth * repeats)):
                 layout.append((c_in if j == 0 else c_out, c_out, kernel, stride if j == 0 else 1, expand))
+            stage_ends.append(len(layout) - 1)
+        # feature_stages taps: the last blocks at strides 8 and 16 (B0 stages 3 and 5, 1-based)
+        self._stage_taps = (stage_ends[_STRIDE8_STAGE], stage_ends[_STRIDE16_STAGE])
+        self._stage_channels = (layout[self._stage_taps[0]][1], layout[self._stage_taps[1]][1], head)
         blocks = []
         for i, (c_in, c_out, kernel, stride, expand) in enumerate(layout):
             blocks.append(
@@ -288,6 +315,20 @@ class LegacyEfficientNet(ImageEncoder):
         for block in self._blocks:
             x = block(x)
         return F.silu(self._bn1(self._conv_head(x)))
+
+    @property
+    def stage_channels(self) -> tuple[int, int, int]:
+        return self._stage_channels
+
+    def feature_stages(self, x: Tensor) -> list[Tensor]:
+        stages = []
+        x = F.silu(self._bn0(self._conv_stem(x)))
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in self._stage_taps:
+                stages.append(x)
+        stages.append(F.silu(self._bn1(self._conv_head(x))))
+        return stages
 
 
 def infer_legacy_variant(state_dict: Mapping[str, Tensor]) -> str | None:
@@ -441,7 +482,10 @@ class TimmImageEncoder(ImageEncoder):
         self.model = model
 
     def forward_features(self, x: Tensor) -> Tensor:
-        features = self.model.forward_features(x)
+        return self._feature_map(self.model.forward_features(x))
+
+    def _feature_map(self, features: Tensor) -> Tensor:
+        """The model's final features as ``[B, out_dim, h, w]`` (NHWC outputs permuted; else an error)."""
         if features.ndim == 4 and str(getattr(self.model, "output_fmt", "NCHW")) == "NHWC":
             features = features.permute(0, 3, 1, 2)
         if features.ndim != 4 or features.shape[1] != self.out_dim:
@@ -450,6 +494,31 @@ class TimmImageEncoder(ImageEncoder):
                 f"[B, {self.out_dim}, h, w] feature map; only convolutional timm models are supported"
             )
         return features
+
+    def _stage_indices(self) -> tuple[int, int]:
+        """``feature_info`` indices of the last entries at reductions 8 and 16 (checked: final is 32)."""
+        info = list(getattr(self.model, "feature_info", None) or [])
+        reductions = [int(entry.get("reduction", 0)) for entry in info]
+        i8 = max((i for i, r in enumerate(reductions) if r == 8), default=-1)
+        i16 = max((i for i, r in enumerate(reductions) if r == 16), default=-1)
+        if i8 < 0 or i16 < 0 or reductions[-1] != 32 or not hasattr(self.model, "forward_intermediates"):
+            raise ValueError(
+                f"timm model {self.name!r} has no feature stages at strides 8, 16 and 32 "
+                f"(feature_info reductions {reductions}); detection needs a convolutional pyramid"
+            )
+        return i8, i16
+
+    @property
+    def stage_channels(self) -> tuple[int, int, int]:
+        i8, i16 = self._stage_indices()
+        info = self.model.feature_info
+        return int(info[i8]["num_chs"]), int(info[i16]["num_chs"]), self.out_dim
+
+    def feature_stages(self, x: Tensor) -> list[Tensor]:
+        final, intermediates = self.model.forward_intermediates(
+            x, indices=list(self._stage_indices()), output_fmt="NCHW"
+        )
+        return [*intermediates, self._feature_map(final)]
 
 
 # --------------------------------------------------------------------------------------------------------
