@@ -394,7 +394,7 @@ def benchmark_detection(
     modes: Sequence[str] = ("ft",),
     boxes_per_image: int = 2,
     score_threshold: float = 0.0,
-    fpn_channels: int = 256,
+    fpn_channels: int | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Inference and training images/s and peak memory of the RetinaNet detector on ``encoder``.
@@ -409,6 +409,7 @@ def benchmark_detection(
     batch. ``score_threshold`` 0 sends every candidate (1000 per level) through NMS, post-processing's worst
     case: a random head scores about 0.01, below any run's threshold. ``precision``: ``fp32``, or
     ``bf16``/``fp16`` autocast (also timed on the CPU; fp16 training with a gradient scaler on a GPU).
+    ``fpn_channels``: pyramid and head width (None: the schema's default).
     Peak memory per row (warm-up included): ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the
     process's peak resident size (model, inputs and the Python process included), per row on Linux
     (``VmHWM``, reset through ``/proc/self/clear_refs``), elsewhere ``ru_maxrss``, the process's peak so far
@@ -431,7 +432,13 @@ def benchmark_detection(
     dev = pick_device(device)
     defaults = schema_defaults("detect", "labels", "Mass")
     settings = SimpleNamespace(
-        **{**defaults, "input_height": size, "input_width": size, "score_threshold": score_threshold}
+        **{
+            **defaults,
+            "input_height": size,
+            "input_width": size,
+            "score_threshold": score_threshold,
+            **({} if fpn_channels is None else {"fpn_channels": int(fpn_channels)}),
+        }
     )
     generator = torch.Generator().manual_seed(seed)
 
@@ -442,7 +449,6 @@ def benchmark_detection(
             build_image_encoder(encoder, pretrained=False),
             settings=settings,
             freeze=mode == "freeze",
-            fpn_channels=fpn_channels,
         ).to(dev)
         images = list(torch.randn(batch_size, 3, size, size, generator=generator).to(dev))
         targets = _random_targets(batch_size, size, boxes_per_image, generator, dev)

@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="inference score threshold (default 0: every candidate goes through NMS, the worst case)",
     )
     det.add_argument(
-        "--fpn-channels", type=int, default=256, help="pyramid and head width (default 256, RetinaNet's)"
+        "--fpn-channels", type=int, default=None, help="pyramid and head width (default: the schema's, 256)"
     )
     det.add_argument("--seed", type=int, default=0)
     det.add_argument("--csv", help="also write the table to this CSV")

@@ -613,15 +613,15 @@ def write_table_files(
 ) -> tuple[Path, Path]:
     """Write ``<out_stem>.md`` (:func:`to_markdown`) and ``<out_stem>.csv`` (every column, numbers unrounded).
 
-    Bytes are deterministic (UTF-8, ``\\n`` line ends, ``repr``-exact floats, empty for missing). Returns the
-    two paths.
+    Bytes are deterministic (UTF-8, ``\\n`` line ends, floats as their shortest exact ``repr``, empty for
+    missing). Returns the two paths.
     """
     stem = Path(out_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     md, csv = stem.with_name(stem.name + ".md"), stem.with_name(stem.name + ".csv")
     with atomic_write(md, "wb") as handle:
         handle.write(to_markdown(table, caption=caption).encode("utf-8"))
-    text = table.to_csv(index=False, lineterminator="\n", na_rep="", float_format="%.17g")
+    text = table.to_csv(index=False, lineterminator="\n", na_rep="")
     with atomic_write(csv, "wb") as handle:
         handle.write(text.encode("utf-8"))
     return md, csv

@@ -10,12 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torchvision.models.detection.retinanet import RetinaNetClassificationHead
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetRegressionHead
+from torchvision.ops import generalized_box_iou_loss
 
 from mammoclip.data.detection_data import DetectionImages, InputFrame, collate_detection, group_boxes
 from mammoclip.evaluate.detection import voc_ap
 from mammoclip.inference import PIXEL_MEAN, PIXEL_STD, normalise_image
 from mammoclip.models.detector import (
+    BoxRegressionHead,
     EncoderPyramid,
     FocalClassificationHead,
     PassThroughTransform,
@@ -52,6 +55,7 @@ def _config(**kw) -> DetectorConfig:
         input_height=SIZE,
         input_width=SIZE,
         anchor_sizes=SMALL_ANCHORS,
+        fpn_channels=32,
         score_threshold=0.05,
     )
     base.update(kw)
@@ -66,7 +70,7 @@ def _encoder(seed: int = 0):
 def _detector(*, freeze: bool = False, seed: int = 0, **kw):
     encoder = _encoder(seed)
     torch.manual_seed(seed)
-    return build_retinanet(encoder, settings=_config(**kw), freeze=freeze, fpn_channels=32)
+    return build_retinanet(encoder, settings=_config(**kw), freeze=freeze)
 
 
 def _square_image(height: int, width: int, box, *, seed: int = 0) -> np.ndarray:
@@ -173,6 +177,74 @@ def test_model_layout_follows_the_settings():
     with torch.no_grad():
         features = model.eval().backbone(torch.randn(1, 3, SIZE, SIZE))
     assert [tuple(f.shape[-2:]) for f in features.values()] == [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
+
+
+def test_group_norm_heads_and_box_loss_follow_the_settings():
+    plain = _detector()
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in plain.head.modules())
+    assert plain.head.regression_head._loss_type == "smooth_l1"
+    model = _detector(head_norm="group_norm", box_loss="giou", fpn_channels=64)
+    for branch in (model.head.classification_head.conv, model.head.regression_head.conv):
+        norms = [m for m in branch.modules() if isinstance(m, torch.nn.GroupNorm)]
+        assert [(n.num_groups, n.num_channels) for n in norms] == [(16, 64)] * 4
+    assert isinstance(model.head.regression_head, BoxRegressionHead)
+    assert model.head.regression_head._loss_type == "giou"
+    assert model.head.classification_head.cls_logits.in_channels == 64
+    assert [
+        (g.num_groups)
+        for g in _detector(head_norm="group_norm", fpn_channels=256).head.modules()
+        if isinstance(g, torch.nn.GroupNorm)
+    ] == [32] * 8
+    with pytest.raises(ValueError, match="head_norm"):
+        _config(head_norm="batch_norm")
+    with pytest.raises(ValueError, match="box_loss"):
+        _config(box_loss="ciou")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _config(lr_schedule="step")
+
+
+def _regression_case(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    anchors = [torch.tensor([[10.0, 10, 30, 30], [12, 8, 40, 34], [50, 50, 60, 70], [0, 0, 8, 8]])] * 2
+    deltas = torch.randn(2, 4, 4, generator=generator) * 0.3
+    targets = [
+        {"boxes": torch.tensor([[11.0, 9, 33, 31], [48, 52, 61, 69]])},
+        {"boxes": torch.tensor([[14.0, 10, 36, 30]])},
+    ]
+    matched = [torch.tensor([0, 0, 1, -1]), torch.tensor([-2, 0, -1, -1])]
+    return targets, {"bbox_regression": deltas}, anchors, matched
+
+
+@pytest.mark.parametrize("loss", ["l1", "smooth_l1", "giou"])
+def test_box_regression_head_losses_by_hand(loss):
+    coder = det_utils.BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+    head = BoxRegressionHead(8, 9, loss=loss, norm_layer=None)
+    head.box_coder = coder
+    targets, outputs, anchors, matched = _regression_case()
+    per_image = []
+    for target, deltas, anchor, match in zip(
+        targets, outputs["bbox_regression"], anchors, matched, strict=True
+    ):
+        fg = match >= 0
+        boxes = target["boxes"][match[fg]]
+        if loss == "giou":
+            value = generalized_box_iou_loss(
+                coder.decode_single(deltas[fg], anchor[fg]), boxes, reduction="sum"
+            )
+        else:
+            residual = (deltas[fg] - coder.encode_single(boxes, anchor[fg])).abs()
+            value = (
+                residual.sum()
+                if loss == "l1"
+                else torch.where(residual < 1 / 9, 0.5 * residual**2 * 9, residual - 0.5 / 9).sum()
+            )
+        per_image.append(value / int(fg.sum()))
+    expected = sum(per_image) / 2
+    assert torch.allclose(head.compute_loss(targets, outputs, anchors, matched), expected)
+    if loss == "l1":  # torchvision's own head (L1) agrees
+        reference = RetinaNetRegressionHead(8, 9)
+        reference.box_coder = coder
+        assert torch.allclose(reference.compute_loss(targets, outputs, anchors, matched), expected)
 
 
 def test_losses_and_boxes_stay_float32_under_autocast():
@@ -406,6 +478,12 @@ def test_config_defaults_come_from_the_schema():
     assert (config.input_height, config.input_width, config.keep_aspect) == (512, 512, False)
     assert config.anchor_sizes == [32, 64, 128, 256, 512] and config.max_detections == 100
     assert (config.focal_alpha, config.focal_gamma, config.score_threshold) == (0.25, 2.0, None)
+    assert (config.fpn_channels, config.head_norm, config.box_loss, config.lr_schedule) == (
+        256,
+        "none",
+        "smooth_l1",
+        "constant",
+    )
     assert config.freeze and not _config().freeze
     partial = DetectorConfig(mode="ft", seed=1, precision="fp32", num_workers=0, augment={"hflip_p": 0.0})
     assert (
@@ -452,7 +530,7 @@ def _tiny_run(tmp_path, **kw):
         "report": images[images["image_id"].str.startswith("r")],
     }
     config = _config(**kw)
-    return train_detector(parts, boxes, config, encoder=_encoder(), progress=False, fpn_channels=32)
+    return train_detector(parts, boxes, config, encoder=_encoder(), progress=False)
 
 
 def test_train_detector_is_deterministic_and_reports_png_boxes(tmp_path):
@@ -467,6 +545,9 @@ def test_train_detector_is_deterministic_and_reports_png_boxes(tmp_path):
     assert list(history.columns)[:2] == ["epoch", "train_loss"] and history["epoch"].tolist() == [1, 2]
     assert {"select_map50", "lr"} <= set(history.columns) and history["selected"].sum() == 1
     assert history["lr"].tolist() == [1e-3, 1e-3]
+    # cosine: half the steps done after epoch 1 of 2 (lr 5e-4), none left after epoch 2
+    cosine = _tiny_run(tmp_path, max_detections=3, score_threshold=0.0, lr_schedule="cosine").history
+    assert cosine["lr"].tolist() == pytest.approx([5e-4, 0.0], abs=1e-12)
     info = first.info
     assert info["best_epoch"] == int(history.loc[history["selected"], "epoch"].iloc[0])
     assert (info["n_train_images"], info["n_train_boxes"], info["n_boxes_dropped_nan"]) == (5, 4, 1)
@@ -486,9 +567,7 @@ def test_train_detector_loads_the_encoder_of_a_clip_checkpoint(tmp_path, tiny_cl
     )
     parts = {"train": images, "select": images.iloc[:1], "report": images.iloc[1:]}
     config = _config(epochs=1, mode="freeze", augment=None)
-    result = train_detector(
-        parts, boxes, config, checkpoint=tiny_clip_checkpoint, progress=False, fpn_channels=32
-    )
+    result = train_detector(parts, boxes, config, checkpoint=tiny_clip_checkpoint, progress=False)
     assert result.info["checkpoint"] == str(tiny_clip_checkpoint.resolve())
     assert result.info["encoder"] == "test_efficientnet" and result.info["best_epoch"] == 1
     from mammoclip.checkpoints import load_clip

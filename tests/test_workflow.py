@@ -55,6 +55,8 @@ TINY = {
                 "input_height": 128,
                 "input_width": 80,
                 "anchor_sizes": [8, 16, 32, 64, 128],
+                "fpn_channels": 32,
+                "head_norm": "group_norm",
                 "fractions": {"freeze": [1.0], "ft": [1.0]},
             },
             "Suspicious_Calcification": {"enabled": False},
@@ -263,6 +265,7 @@ def test_detector_runs_write_metrics_detections_and_provenance(demo):
         assert (detections["xmax"] <= 80 + 1e-3).all() and (detections["ymax"] <= 128 + 1e-3).all()
         record = json.loads((run / "provenance.json").read_text())
         assert record["protocol"] == row.protocol and record["detector"]["input_width"] == 80
+        assert (record["detector"]["fpn_channels"], record["detector"]["head_norm"]) == (32, "group_norm")
         assert record["n_images"]["report"] == row.n_images
         log = demo / f"logs/detect/{row.protocol}/vindr/Mass/tiny-clip/{row.setting}_frac1_fold0_seed10.log"
         assert "outside the crop" in log.read_text()

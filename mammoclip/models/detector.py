@@ -18,8 +18,12 @@ What is set here, from the run's settings (:class:`DetectorSettings`, e.g.
   0.25 / 2, so :class:`FocalClassificationHead` computes the same per-image loss (summed over anchors that
   are not ignored, divided by the number of foreground anchors, averaged over images) with settable values;
 * box coding: deltas scaled by (10, 10, 5, 5), upstream's normalisation by std (0.1, 0.1, 0.2, 0.2), for
-  both the loss and decoding; the regression loss is torchvision's L1 (upstream: smooth-L1 with beta 1/9,
-  which differs only for residuals below 1/9);
+  both the loss and decoding; the regression loss (``box_loss``, :class:`BoxRegressionHead`) is smooth-L1
+  on the coded deltas with beta 1/9 (upstream), L1 (torchvision's RetinaNet) or generalised IoU of the
+  decoded boxes (torchvision's RetinaNet v2), all through torchvision's ``_box_loss``;
+* heads ``fpn_channels`` wide (256 as RetinaNet), their four conv layers optionally followed by GroupNorm
+  (``head_norm: group_norm``, torchvision's RetinaNet v2 head: far fewer steps to a working detector,
+  which is what a CPU demo needs);
 * head outputs cast to float32 (:class:`Float32Head`), so losses, decoding and NMS stay in float32 under
   autocast;
 * post-processing: ``score_threshold`` (None: torchvision's 0.05; scores equal to the threshold are kept),
@@ -37,8 +41,10 @@ upstream's frozen backbone kept updating its BN statistics); the pyramid and hea
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -47,7 +53,11 @@ from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetHead
+from torchvision.models.detection.retinanet import (
+    RetinaNetClassificationHead,
+    RetinaNetHead,
+    RetinaNetRegressionHead,
+)
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
@@ -58,10 +68,13 @@ __all__ = [
     "ANCHOR_RATIOS",
     "ANCHOR_SCALES",
     "BOX_CODER_WEIGHTS",
+    "BOX_LOSSES",
+    "HEAD_NORMS",
     "NMS_THRESHOLD",
     "NUM_CLASSES",
     "DetectorSettings",
     "EncoderPyramid",
+    "BoxRegressionHead",
     "Float32Head",
     "FocalClassificationHead",
     "PassThroughTransform",
@@ -81,6 +94,12 @@ NMS_THRESHOLD = 0.5
 DEFAULT_SCORE_THRESHOLD = 0.05
 #: feature pyramid levels (P3-P7): one anchor base size each
 PYRAMID_LEVELS = 5
+#: normalisation after each head conv: none (RetinaNet, upstream) or GroupNorm (torchvision's RetinaNet v2)
+HEAD_NORMS = ("none", "group_norm")
+#: box-regression losses (``_box_loss`` names of torchvision)
+BOX_LOSSES = ("smooth_l1", "l1", "giou")
+#: smooth-L1 transition point (upstream's)
+SMOOTH_L1_BETA = 1.0 / 9.0
 
 
 class DetectorSettings(Protocol):
@@ -89,6 +108,9 @@ class DetectorSettings(Protocol):
     input_height: int
     input_width: int
     anchor_sizes: Any  # a sequence of PYRAMID_LEVELS numbers
+    fpn_channels: int
+    head_norm: str
+    box_loss: str
     focal_alpha: float
     focal_gamma: float
     score_threshold: float | None
@@ -186,8 +208,11 @@ class FocalClassificationHead(RetinaNetClassificationHead):
         alpha: float,
         gamma: float,
         prior_probability: float = 0.01,
+        norm_layer: Callable[..., nn.Module] | None = None,
     ) -> None:
-        super().__init__(in_channels, num_anchors, num_classes, prior_probability=prior_probability)
+        super().__init__(
+            in_channels, num_anchors, num_classes, prior_probability=prior_probability, norm_layer=norm_layer
+        )
         self.focal_alpha = float(alpha)
         self.focal_gamma = float(gamma)
 
@@ -212,6 +237,61 @@ class FocalClassificationHead(RetinaNetClassificationHead):
 
     def extra_repr(self) -> str:
         return f"focal_alpha={self.focal_alpha}, focal_gamma={self.focal_gamma}"
+
+
+class BoxRegressionHead(RetinaNetRegressionHead):
+    """torchvision's RetinaNet regression head with the loss chosen by name (:data:`BOX_LOSSES`).
+
+    Per image: the loss summed over foreground anchors (each against its matched box), divided by
+    max(1, number of foreground anchors); the batch loss is the mean over images, as torchvision's. Only
+    ``compute_loss`` is replaced, to pass smooth-L1's ``beta`` (torchvision's head always uses 1.0).
+    """
+
+    def __init__(
+        self, in_channels: int, num_anchors: int, *, loss: str, norm_layer: Callable[..., nn.Module] | None
+    ) -> None:
+        if loss not in BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {loss!r}")
+        super().__init__(in_channels, num_anchors, norm_layer=norm_layer)
+        self._loss_type = loss
+
+    def compute_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> Tensor:
+        per_image = []
+        for target, deltas, anchors_per_image, matched in zip(
+            targets, head_outputs["bbox_regression"], anchors, matched_idxs, strict=True
+        ):
+            foreground = torch.where(matched >= 0)[0]
+            loss = det_utils._box_loss(
+                self._loss_type,
+                self.box_coder,
+                anchors_per_image[foreground],
+                target["boxes"][matched[foreground]],
+                deltas[foreground],
+                cnf={"beta": SMOOTH_L1_BETA},
+            )
+            per_image.append(loss / max(1, foreground.numel()))
+        return torch.stack(per_image).sum() / max(1, len(targets))
+
+    def extra_repr(self) -> str:
+        return f"box_loss={self._loss_type}"
+
+
+def head_norm_layer(head_norm: str, channels: int) -> Callable[..., nn.Module] | None:
+    """None, or GroupNorm with 32 groups (channels / 4 groups when that is fewer) for ``group_norm``."""
+    if head_norm not in HEAD_NORMS:
+        raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {head_norm!r}")
+    if head_norm == "none":
+        return None
+    groups = min(32, max(1, channels // 4))
+    if channels % groups:
+        raise ValueError(f"fpn_channels {channels} is not divisible into {groups} GroupNorm groups")
+    return functools.partial(nn.GroupNorm, groups)
 
 
 class Float32Head(RetinaNetHead):
@@ -246,15 +326,14 @@ def build_retinanet(
     *,
     settings: DetectorSettings,
     freeze: bool,
-    fpn_channels: int = 256,
     nms_threshold: float = NMS_THRESHOLD,
     topk_candidates: int = 1000,
 ) -> RetinaNet:
     """A one-class torchvision RetinaNet on ``encoder``'s feature stages (module docstring).
 
-    ``settings``: input size, anchor sizes, focal alpha/gamma, score threshold and detections per image.
-    ``freeze``: the encoder neither trains nor leaves eval mode. ``fpn_channels``: pyramid and head width
-    (256 as RetinaNet; smaller only for tests). ``topk_candidates``: best anchors per level kept before NMS.
+    ``settings``: input size, anchor sizes, pyramid/head width and head normalisation, box loss, focal
+    alpha/gamma, score threshold and detections per image. ``freeze``: the encoder neither trains nor
+    leaves eval mode. ``topk_candidates``: best anchors per level kept before NMS.
     """
     if not 0.0 <= float(settings.focal_alpha) <= 1.0 and float(settings.focal_alpha) != -1:
         raise ValueError(f"focal_alpha must be in [0, 1] (or -1: none), got {settings.focal_alpha!r}")
@@ -268,12 +347,22 @@ def build_retinanet(
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"score_threshold must be in [0, 1), got {settings.score_threshold!r}")
 
+    fpn_channels = int(settings.fpn_channels)
+    norm_layer = head_norm_layer(settings.head_norm, fpn_channels)
     backbone = EncoderPyramid(encoder, out_channels=fpn_channels, freeze=freeze)
     anchors = anchor_generator(settings.anchor_sizes)
     num_anchors = anchors.num_anchors_per_location()[0]
     head = Float32Head(fpn_channels, num_anchors, NUM_CLASSES)
     head.classification_head = FocalClassificationHead(
-        fpn_channels, num_anchors, NUM_CLASSES, alpha=settings.focal_alpha, gamma=settings.focal_gamma
+        fpn_channels,
+        num_anchors,
+        NUM_CLASSES,
+        alpha=settings.focal_alpha,
+        gamma=settings.focal_gamma,
+        norm_layer=norm_layer,
+    )
+    head.regression_head = BoxRegressionHead(
+        fpn_channels, num_anchors, loss=settings.box_loss, norm_layer=norm_layer
     )
     coder = det_utils.BoxCoder(weights=BOX_CODER_WEIGHTS)
     head.regression_head.box_coder = coder

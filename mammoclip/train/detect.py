@@ -13,9 +13,11 @@ config (defaults in mammoclip/schema.yaml, their only home) plus the run's ``mod
 * data: :class:`mammoclip.data.detection_data.DetectionImages` (training images augmented, seeded per
   ``(seed, epoch, image)``); boxes are the label's boxes in PNG pixels, rows with a NaN coordinate dropped
   and counted (``info["n_boxes_dropped_nan"]``);
-* optimisation as upstream: Adam (``lr``, ``weight_decay``; no schedule), gradient-norm clipping at
+* optimisation as upstream: Adam (``lr``, ``weight_decay``; ``lr_schedule`` constant as upstream, or
+  cosine decay to 0 by ``transformers.get_cosine_schedule_with_warmup``), gradient-norm clipping at
   ``max_grad_norm`` (None: none), batches of ``batch_size`` shuffled by a generator seeded with ``seed``;
-  loss = torchvision's focal classification loss + box regression loss; a non-finite loss stops the run;
+  loss = torchvision's focal classification loss + box regression loss (``box_loss``); a non-finite loss
+  stops the run;
 * precision: :func:`mammoclip.train.precision.autocast` (bf16/fp16 on CUDA only, with a gradient scaler for
   fp16; the CPU runs fp32);
 * selection: after every epoch, detections on ``select`` (same post-processing as the report) are scored by
@@ -47,6 +49,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mammoclip.data.detection_data import BOX_COLUMNS, DetectionImages, collate_detection, group_boxes
+from mammoclip.models.detector import BOX_LOSSES, HEAD_NORMS
 from mammoclip.models.image_encoders import ImageEncoder
 from mammoclip.train.precision import PRECISIONS, autocast
 from mammoclip.train.pretrain import seed_everything
@@ -67,6 +70,8 @@ log = logging.getLogger(__name__)
 
 #: ``freeze``: encoder frozen and in eval mode (upstream's "lp"); ``ft``: everything trains
 MODES = ("freeze", "ft")
+#: learning rate over the run: upstream's constant, or cosine decay to 0 over all steps
+LR_SCHEDULES = ("constant", "cosine")
 #: keys of a ``detect.labels.<label>`` section that are not run settings
 _LABEL_KEYS_NOT_TRAINING = ("enabled", "fractions", "mode_overrides")
 #: ``score_threshold: null`` is the protocol's: upstream's 0.2 for ``paper``, 0.05 (untruncated) for ``clean``
@@ -122,6 +127,10 @@ class DetectorConfig:
     max_detections: int = FROM_SCHEMA
     augment: dict[str, Any] | None = FROM_SCHEMA
     anchor_sizes: list[float] = FROM_SCHEMA
+    fpn_channels: int = FROM_SCHEMA
+    head_norm: str = FROM_SCHEMA
+    box_loss: str = FROM_SCHEMA
+    lr_schedule: str = FROM_SCHEMA
     focal_alpha: float = FROM_SCHEMA
     focal_gamma: float = FROM_SCHEMA
     clean_negative_fraction: float = FROM_SCHEMA
@@ -146,6 +155,15 @@ class DetectorConfig:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
         if self.score_threshold is not None and not 0.0 <= self.score_threshold < 1.0:
             raise ValueError(f"score_threshold must be in [0, 1) or None, got {self.score_threshold!r}")
+        for name, allowed in (
+            ("head_norm", HEAD_NORMS),
+            ("box_loss", BOX_LOSSES),
+            ("lr_schedule", LR_SCHEDULES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if int(self.fpn_channels) < 8:
+            raise ValueError(f"fpn_channels must be >= 8, got {self.fpn_channels!r}")
         self.anchor_sizes = [float(s) for s in self.anchor_sizes]
 
     @classmethod
@@ -316,7 +334,6 @@ def train_detector(
     iou_threshold: float = 0.5,
     threads: int | None = None,
     load_kwargs: Mapping[str, Any] | None = None,
-    fpn_channels: int = 256,
 ) -> DetectorResult:
     """Train one detector, select its epoch on ``parts["select"]``, detect on ``parts["report"]``.
 
@@ -326,7 +343,6 @@ def train_detector(
     image encoder is used; or ``encoder``: an :class:`~mammoclip.models.image_encoders.ImageEncoder` to use
     as it is (tests, benchmarks). ``load_kwargs``: passed to :func:`mammoclip.checkpoints.load_clip`.
     ``iou_threshold``: of the selection AP. ``threads``: torch's CPU threads (else as is).
-    ``fpn_channels``: pyramid and head width (256; smaller only for tests).
     """
     from mammoclip.evaluate.detection import voc_ap
     from mammoclip.models.detector import build_retinanet
@@ -384,13 +400,20 @@ def train_detector(
     encoder, source = _load_encoder(checkpoint, encoder, load_kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = build_retinanet(encoder, settings=config, freeze=config.freeze, fpn_channels=fpn_channels)
+        model = build_retinanet(encoder, settings=config, freeze=config.freeze)
     model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     generator = torch.Generator().manual_seed(int(config.seed))
     train_loader = _loader(train_ds, config.batch_size, config.num_workers, generator=generator)
+    scheduler = None
+    if config.lr_schedule == "cosine":
+        from transformers import get_cosine_schedule_with_warmup
+
+        scheduler = get_cosine_schedule_with_warmup(
+            optimizer, num_warmup_steps=0, num_training_steps=config.epochs * len(train_loader)
+        )
     detect = functools.partial(
         predict_detections,
         model,
@@ -450,6 +473,8 @@ def train_detector(
                     if config.max_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                     optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 sums += [float(loss.detach()), float(cls_loss.detach()), float(box_loss.detach())]
                 batches += 1
                 bar.update(1)
