@@ -1077,13 +1077,15 @@ def detection_table(
             rank = (run["setting"] == "ft", float(run["data_frac"]), -int(run["fold"]), -int(run["seed"]))
             if chosen is None or rank > chosen[0]:
                 chosen = (rank, run, found)
-        where = "positive test images" if protocol == "paper" else "all test images"
+        where = (
+            f"{len(report)} positive test images" if protocol == "paper" else f"all {len(report)} test images"
+        )
         if label in targets:
             empty = pd.DataFrame(columns=["label", "setting", "data_frac", "fp_per_image", "sensitivity"])
             froc_plot(
                 pd.concat(curves, ignore_index=True) if curves else empty,
                 targets[label],
-                title=f"{label}: FROC, {protocol} protocol ({len(report)} {where})",
+                title=f"{label}: FROC, {protocol} protocol ({where})",
             )
         if label in panel_targets:
             items, title = [], f"{label}: no run"

@@ -19,6 +19,8 @@ rule detect:
     wildcard_constraints:
         label="|".join(DETECT_LABELS) or "__none__",
         mode="freeze|ft",
+    # the longest jobs start before the short classifier jobs, which then fill the other cores
+    priority: 10
     conda:
         "../envs/mammoclip.yaml"
     threads: DETECT_THREADS

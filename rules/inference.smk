@@ -13,6 +13,8 @@ rule embed_images:
         "logs/inference/embed_{dataset}_{model}.log",
     benchmark:
         "benchmarks/inference/embed_{dataset}_{model}.tsv"
+    # first among ready jobs: every linear probe and zero-shot job waits for the embeddings
+    priority: 50
     conda:
         "../envs/mammoclip.yaml"
     threads: 2
