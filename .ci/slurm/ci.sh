@@ -87,13 +87,19 @@ if ((demo)); then
 	) | tar -xf - -C "$work/demo"
 	# GPU rules get their GPU count from demo-config.yaml (gpus: 1), not from --set-resources
 	"$here/run-workflow.sh" --timeout 2400 \
-		--gpu-rule pretrain --gpu-rule embed_images --gpu-rule classify \
+		--gpu-rule pretrain --gpu-rule embed_images --gpu-rule classify --gpu-rule detect \
 		--cpu-rule convert_shard --cpu-rule zero_shot --cpu-rule classification_table \
+		--cpu-rule detection_table \
 		"$work/demo" --configfile "$here/demo-config.yaml" -- all
 	for protocol in paper clean; do
 		table="$work/demo/results/tables/$protocol/classification.md"
 		grep -q "| vindr | Mass | AUROC | finetune |" "$table" || {
 			log "ERROR: $table lacks the Mass finetune row"
+			exit 1
+		}
+		table="$work/demo/results/tables/$protocol/detection.md"
+		grep -q "| vindr | Mass | mAP@0.5 | finetune | 100 % | [0-9]" "$table" || {
+			log "ERROR: $table lacks our Mass finetune AP"
 			exit 1
 		}
 	done
