@@ -22,6 +22,7 @@ include: "rules/inference.smk"
 include: "rules/classify.smk"
 include: "rules/tables.smk"
 include: "rules/detect.smk"
+include: "rules/factor.smk"
 
 
 rule all:
@@ -37,3 +38,4 @@ rule all:
         rules.tables.input,
         rules.detection.input,
         rules.table_detection.input,
+        rules.factor.input,

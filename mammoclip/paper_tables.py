@@ -55,6 +55,8 @@ __all__ = [
     "caption_for",
     "data_efficiency_plot",
     "detection_table",
+    "localisation_table",
+    "LOCALISATION_PROTOCOL_CAPTIONS",
     "metric_name",
     "runs_from_detection",
     "paper_table",
@@ -107,6 +109,10 @@ METRIC_NAMES = {
     "macro_f1": "macro F1",
     "map50": "mAP@0.5",
     "cpm": "CPM",
+    "iou_hit@0.25": "hit rate at IoU >= 0.25",
+    "iou_hit@0.50": "hit rate at IoU >= 0.5",
+    "pointing_game": "pointing game",
+    "pointing_random": "pointing game by chance",
 }
 #: FROC metrics of the detection runs: ``sensitivity_at_<false positives per image>``
 SENSITIVITY_PREFIX = "sensitivity_at_"
@@ -134,6 +140,23 @@ DETECTION_PROTOCOL_CAPTIONS = {
         "positives per image and their mean (CPM). The paper reports AP@0.5 only"
     ),
 }
+#: the Mammo-FActOR protocols (mammoclip.stages.factor_parts)
+LOCALISATION_PROTOCOL_CAPTIONS = {
+    "paper": (
+        "paper protocol (upstream): the mapper trained on VinDr training images with a mass or suspicious "
+        "calcification only, its epoch chosen on the test split. Optimistic by construction"
+    ),
+    "clean": (
+        "clean protocol: the mapper trained on all VinDr training images outside the validation fold "
+        "(negatives too), its epoch chosen on that fold"
+    ),
+}
+_LOCALISATION_CAPTION = (
+    "Scored on the VinDr test images with a box of the finding: regions = heatmap pixels above its 95th "
+    "percentile (default), one box per connected region; an image is a hit when a region box reaches the "
+    "IoU with a truth box; pointing game: the heatmap's maximum lies in a truth box, beside the chance that "
+    "a random pixel does"
+)
 _FRAC_DECIMALS = 6
 
 
@@ -519,6 +542,38 @@ def detection_table(
         paper = paper[paper["task"] == "detection"]
     table = paper_table(aggregate_runs(runs), paper, protocol=protocol)
     table.attrs["protocol_captions"] = DETECTION_PROTOCOL_CAPTIONS
+    return table
+
+
+def localisation_table(
+    metric_frames: Sequence[pd.DataFrame], paper: pd.DataFrame, *, protocol: str
+) -> pd.DataFrame:
+    """One protocol's Mammo-FActOR localisation table: ours vs the paper per (label, metric).
+
+    ``metric_frames``: the localisation runs' ``metrics.csv`` frames (rows of other protocols are ignored);
+    ``paper``: :func:`read_paper_results` (``task == factor_localization`` rows when the column is present).
+    Laid out by :func:`paper_table` (hit rates, then pointing game and its chance level); the caption
+    names the protocol (:data:`LOCALISATION_PROTOCOL_CAPTIONS`) and how the scores are computed.
+    """
+    if protocol not in LOCALISATION_PROTOCOL_CAPTIONS:
+        raise ValueError(
+            f"protocol must be one of {sorted(LOCALISATION_PROTOCOL_CAPTIONS)}, got {protocol!r}"
+        )
+    runs = runs_from_detection(metric_frames)  # the same run keys and value columns
+    runs = runs[_clean_text(runs["protocol"]) == protocol].copy()
+    if "task" in paper.columns:
+        paper = paper[paper["task"] == "factor_localization"]
+    # the paper localises with its image+text models only: a model pretrained with VinDr too is compared
+    # with the same encoder's (named in the column header)
+    reported = set(paper["paper_model"])
+    runs["paper_model"] = [
+        m.removesuffix("_vindr") if m not in reported and m.removesuffix("_vindr") in reported else m
+        for m in _clean_text(runs["paper_model"])
+    ]
+    table = paper_table(aggregate_runs(runs), paper, protocol=protocol)
+    table.attrs["protocol_captions"] = {
+        p: f"{c}. {_LOCALISATION_CAPTION}" for p, c in LOCALISATION_PROTOCOL_CAPTIONS.items()
+    }
     return table
 
 

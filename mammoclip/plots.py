@@ -234,7 +234,10 @@ def detection_panel_figure(items: Sequence[Mapping], *, title: str, max_images: 
     PNG pixels, ``scores`` (m,). The first ``max_images`` items are drawn in their order, the image in grey
     levels (its own min..max) with every truth box (green) and every detection (orange, its score above the
     box) as one :class:`~matplotlib.patches.Rectangle` each; an optional ``title`` key names the image.
-    The caller chooses the images and the detections (e.g. the top-scoring few).
+    The caller chooses the images and the detections (e.g. the top-scoring few). Optional keys for
+    heatmaps (Mammo-FActOR): ``heatmap`` (PNG-sized array, drawn over the image with the ``jet`` colour
+    map, half transparent), ``point`` (``(x, y)``: the heatmap's maximum, a white cross) and ``caption``
+    (replaces the counts under the title).
     """
     if max_images < 1:
         raise ValueError("detection_panel: max_images must be at least 1")
@@ -263,6 +266,14 @@ def detection_panel_figure(items: Sequence[Mapping], *, title: str, max_images: 
                 extent=(0, w, h, 0),
                 interpolation="antialiased",
             )
+            if item.get("heatmap") is not None:
+                heat = np.asarray(item["heatmap"], dtype=np.float32)
+                if heat.shape != (h, w):
+                    raise ValueError(f"detection_panel: heatmap {heat.shape} for a {h} x {w} image")
+                ax.imshow(heat, cmap="jet", alpha=0.45, extent=(0, w, h, 0), interpolation="bilinear")
+            if item.get("point") is not None:
+                x, y = item["point"]
+                ax.plot([x], [y], marker="x", color="white", markersize=7, markeredgewidth=2)
             truths = _boxes(item.get("truths"), "truths")
             detections = _boxes(item.get("detections"), "detections")
             scores = np.asarray(item.get("scores", np.full(len(detections), np.nan)), dtype=np.float64)
@@ -286,7 +297,8 @@ def detection_panel_figure(items: Sequence[Mapping], *, title: str, max_images: 
             ax.set_yticks([])
             name = item.get("title") or Path(str(item["png_path"])).stem
             plural = "s" if len(detections) != 1 else ""
-            ax.set_title(f"{name}\n{len(truths)} truth, {len(detections)} detection{plural}", fontsize=7)
+            counts = item.get("caption") or f"{len(truths)} truth, {len(detections)} detection{plural}"
+            ax.set_title(f"{name}\n{counts}", fontsize=7)
     return figure
 
 

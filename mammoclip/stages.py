@@ -1098,3 +1098,397 @@ def detection_table(
                 )
             detection_panel(items, panel_targets[label], title=title)
     return table
+
+
+# --------------------------------------------------------------------------------------------------
+# Mammo-FActOR: attribute embeddings, mapper, heatmaps, localisation (docs/upstream.md#mammo-factor)
+# --------------------------------------------------------------------------------------------------
+
+
+def factor_embeddings(
+    *,
+    checkpoint: PathLike,
+    attributes: Mapping[str, Sequence[str]],
+    embeddings: PathLike,
+    provenance: PathLike,
+    text_backbone: str | None = None,
+) -> dict[str, list[str]]:
+    """Attribute embeddings of a CLIP checkpoint (:func:`mammoclip.train.factor.attribute_embeddings`):
+    ``embeddings`` (``.npz``: ``attributes`` names, ``embeddings [A, P]`` float32) and ``provenance`` (the
+    sentences). Returns ``{attribute: sentences}``."""
+    import numpy as np
+
+    from mammoclip.checkpoints import load_clip
+    from mammoclip.io import atomic_path
+    from mammoclip.provenance import code_version
+    from mammoclip.train.factor import attribute_embeddings, attribute_sentences
+
+    model, tokenizer, info = load_clip(checkpoint, text_backbone=text_backbone)
+    sentences = attribute_sentences(attributes)
+    rows = attribute_embeddings(model, tokenizer, sentences).numpy().astype(np.float32)
+    for name, row in zip(sentences, rows, strict=True):
+        log.info("%s: %d sentences, embedding of %d values", name, len(sentences[name]), len(row))
+    with atomic_path(embeddings, temporary=Path(str(embeddings) + ".tmp.npz")) as tmp:
+        np.savez(tmp, attributes=np.asarray(list(sentences)), embeddings=rows)
+    write_provenance(
+        provenance,
+        checkpoint=str(checkpoint),
+        checkpoint_format=info["format"],
+        tokenizer=str(info.get("tokenizer")),
+        sentences=sentences,
+        code_version=code_version(),
+    )
+    return sentences
+
+
+def _read_attribute_embeddings(path: PathLike) -> tuple[list[str], Any]:
+    import numpy as np
+    import torch
+
+    with np.load(path, allow_pickle=False) as data:
+        return [str(a) for a in data["attributes"]], torch.from_numpy(data["embeddings"].astype(np.float32))
+
+
+def _factor_labels(attributes: Sequence[str]) -> list[str]:
+    """The annotation-table label of each attribute (:data:`~mammoclip.train.factor.ATTRIBUTE_FINDINGS`);
+    an attribute without one cannot be trained on VinDr's labels."""
+    from mammoclip.train.factor import ATTRIBUTE_FINDINGS
+
+    unknown = [a for a in attributes if a not in ATTRIBUTE_FINDINGS]
+    if unknown:
+        raise ValueError(
+            f"factor.attributes {unknown}: the mapper trains on VinDr's finding labels, known for "
+            f"{sorted(ATTRIBUTE_FINDINGS)}"
+        )
+    return [ATTRIBUTE_FINDINGS[a][1] for a in attributes]
+
+
+def factor_parts(images: pd.DataFrame, labels: Sequence[str], *, protocol: str, fold: int) -> dict:
+    """``{"train", "select", "report"}`` of the mapper on VinDr's image table (:func:`split_vindr`): the
+    ``paper`` protocol keeps the images with any of the ``labels`` only (upstream) and selects on the test
+    split; ``clean`` keeps every image and selects on validation fold ``fold``."""
+    from mammoclip.evaluate.protocols import split_vindr
+
+    if protocol == "paper":
+        images = images[images[list(labels)].eq(1).any(axis=1)]
+        return split_vindr(images, protocol="paper")
+    return split_vindr(images, protocol="clean", val_fold=fold)
+
+
+def factor_train(
+    *,
+    protocol: str,
+    model: str,
+    seed: int,
+    settings: Mapping[str, Any],
+    legacy: bool,
+    checkpoint: PathLike,
+    embeddings: PathLike,
+    images: PathLike,
+    outputs: Mapping[str, str],
+    text_backbone: str | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+) -> Any:
+    """One attribute mapper (:func:`mammoclip.train.factor.train_mapper`) on the checkpoint's frozen image
+    encoder, trained on VinDr's image-level finding labels (:func:`factor_parts`). Writes ``outputs``:
+    ``mapper`` (``torch.save``: ``state_dict`` and ``metadata``), ``history`` and ``provenance``."""
+    import torch
+
+    from mammoclip.annotations.tables import read_table, write_table
+    from mammoclip.checkpoints import load_clip
+    from mammoclip.inference import pick_device
+    from mammoclip.io import atomic_path
+    from mammoclip.provenance import code_version
+    from mammoclip.train.factor import MapperConfig, train_mapper
+
+    if threads:
+        torch.set_num_threads(threads)
+    attributes, vectors = _read_attribute_embeddings(embeddings)
+    labels = _factor_labels(attributes)
+    table = read_table(images, str_columns=_ID_COLUMNS)
+    parts = factor_parts(table, labels, protocol=protocol, fold=int(settings["fold"]))
+    for name, part in parts.items():
+        counts = ", ".join(f"{int(part[label].sum())} {label}" for label in labels)
+        log.info("%s: %d images of %d patients (%s)", name, len(part), part["patient_id"].nunique(), counts)
+    config = MapperConfig.from_config(settings, seed=seed, legacy=legacy)
+    clip, _, info = load_clip(checkpoint, tokenizer=False, text_backbone=text_backbone)
+    torch_device = pick_device(device)
+    result = train_mapper(parts, vectors, labels, config, clip.image_encoder, device=str(torch_device))
+    log.info(
+        "selected epoch %d (select loss %.4f)", result.info["best_epoch"], result.info["best_select_loss"]
+    )
+    info_plain = {k: v for k, v in result.info.items() if k != "train_seconds"}
+    record = write_provenance(
+        outputs["provenance"],
+        protocol=protocol,
+        model=model,
+        seed=seed,
+        checkpoint=str(checkpoint),
+        checkpoint_format=info["format"],
+        tables={"images": str(images), "embeddings": str(embeddings)},
+        attributes=attributes,
+        labels=labels,
+        mapper=config.to_dict(),
+        n_images={name: len(part) for name, part in parts.items()},
+        info=info_plain,
+        device=str(torch_device),
+        code_version=code_version(),
+    )
+    write_table(result.history, outputs["history"])
+    path = Path(outputs["mapper"])
+    with atomic_path(path, temporary=path.with_suffix(".tmp")) as tmp:
+        torch.save({"state_dict": result.state_dict, "metadata": record}, tmp)
+    return result
+
+
+def factor_localise(
+    *,
+    protocol: str,
+    model: str,
+    seed: int,
+    settings: Mapping[str, Any],
+    paper_model: str,
+    checkpoint: PathLike,
+    embeddings: PathLike,
+    mapper: PathLike,
+    images: PathLike,
+    boxes: PathLike,
+    outputs: Mapping[str, str],
+    text_backbone: str | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """Heatmaps of the protocol's test images and their localisation scores.
+
+    ``outputs``: ``heatmaps`` (``.npz``: ``image_id``, ``attributes``, ``heatmaps [N, A, h, w]`` float16 at
+    feature resolution, ``scores [N, A]``, ``stride``, ``input_size``; :func:`mammoclip.evaluate.
+    localisation.heatmap_to_png` maps one to PNG pixels), ``per_image`` (one row per (attribute, test
+    image with a box of its finding): ``max_iou``, ``pointing_hit``, ``random_hit``, the heatmap maximum in
+    PNG pixels), ``metrics`` (:func:`~mammoclip.evaluate.localisation.localisation_metrics` per attribute,
+    with the run's keys) and ``provenance``. Returns the metrics."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from mammoclip.annotations.tables import read_table, write_table
+    from mammoclip.checkpoints import load_clip
+    from mammoclip.evaluate.localisation import heatmap_to_png, image_localisation, localisation_metrics
+    from mammoclip.inference import pick_device
+    from mammoclip.io import atomic_path
+    from mammoclip.models.factor import AttributeMapper
+    from mammoclip.provenance import code_version
+    from mammoclip.train.factor import MapperConfig, encode_maps, mapper_heatmaps
+
+    if threads:
+        torch.set_num_threads(threads)
+    attributes, vectors = _read_attribute_embeddings(embeddings)
+    labels = _factor_labels(attributes)
+    saved = torch.load(mapper, map_location="cpu", weights_only=True)
+    meta = saved["metadata"]
+    if list(meta["attributes"]) != attributes:
+        raise ValueError(
+            f"{mapper}: trained for attributes {meta['attributes']}, {embeddings} has {attributes}"
+        )
+    config = MapperConfig(**meta["mapper"])
+    table = read_table(images, str_columns=_ID_COLUMNS)
+    report = factor_parts(table, labels, protocol=protocol, fold=int(settings["fold"]))["report"]
+    report = report.reset_index(drop=True)
+    h, w = meta["info"]["map_shape"]
+    net = AttributeMapper(h * w, vectors.shape[1], len(attributes), interleave_heads=config.legacy)
+    net.load_state_dict(saved["state_dict"])
+    clip, _, _ = load_clip(checkpoint, tokenizer=False, text_backbone=text_backbone)
+    torch_device = pick_device(device)
+    maps = encode_maps(clip.image_encoder, report, config, device=str(torch_device))
+    heat, scores = mapper_heatmaps(net, maps, vectors, top_k=config.top_k, temperature=config.temperature)
+    path = Path(outputs["heatmaps"])
+    with atomic_path(path, temporary=Path(str(path) + ".tmp.npz")) as tmp:
+        np.savez_compressed(
+            tmp,
+            image_id=np.asarray([str(i) for i in report["image_id"]], dtype=str),
+            attributes=np.asarray(attributes),
+            heatmaps=heat,
+            scores=scores,
+            stride=np.int64(config.feature_stride),
+            input_size=np.asarray([config.input_height, config.input_width], dtype=np.int64),
+        )
+
+    percentile = float(settings["percentile"])
+    rows, frames = [], []
+    for a, (attribute, label) in enumerate(zip(attributes, labels, strict=True)):
+        _, truths, _ = detection_truths(images, boxes, label=label)
+        by_image = {k: g[list(_BOX)].to_numpy(np.float64) for k, g in truths.groupby("image_id", sort=False)}
+        per_attribute = []
+        for i, row in enumerate(report.itertuples(index=False)):
+            if row.image_id not in by_image:
+                continue
+            png = cv2.imread(str(row.png_path), cv2.IMREAD_GRAYSCALE)
+            if png is None:
+                raise ValueError(f"{row.png_path}: not a readable PNG (image {row.image_id})")
+            input_size = (config.input_height, config.input_width)
+            hm = heatmap_to_png(
+                heat[i, a], stride=config.feature_stride, input_size=input_size, png_size=png.shape
+            )
+            y, x = np.unravel_index(int(np.argmax(hm)), hm.shape)
+            found = image_localisation(hm, by_image[row.image_id], percentile=percentile)
+            per_attribute.append(
+                {
+                    "attribute": attribute,
+                    "label": label,
+                    "image_id": row.image_id,
+                    "patient_id": row.patient_id,
+                    **found,
+                    "peak_x": float(x) + 0.5,
+                    "peak_y": float(y) + 0.5,
+                    "score": float(scores[i, a]),
+                }
+            )
+        if not per_attribute:
+            log.warning("%s: no test image with a %s box; no localisation scores", attribute, label)
+            continue
+        frame = pd.DataFrame(per_attribute)
+        rows.append(frame)
+        metrics = localisation_metrics(
+            frame, iou_thresholds=settings["iou_thresholds"], n_boot=int(settings["n_boot"]), seed=seed
+        )
+        for m in metrics.itertuples(index=False):
+            log.info(
+                "%s %s: %s %.3f [%.3f, %.3f] (%d images)",
+                protocol, attribute, m.metric, m.value, m.value_low, m.value_high, m.n_images,
+            )  # fmt: skip
+        frames.append(metrics.assign(label=label))
+    per_image = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["attribute", "label"])
+    metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["label", "metric"])
+    keys = {
+        "dataset": "vindr",
+        "setting": "weak",
+        "data_frac": 1.0,
+        "model": model,
+        "paper_model": paper_model,
+        "protocol": protocol,
+        "fold": int(settings["fold"]) if protocol == "clean" else 0,
+        "seed": int(seed),
+    }
+    metrics = pd.DataFrame(
+        [{**keys, "label": r.pop("label"), **r} for r in metrics.to_dict("records")],
+        columns=[*keys, "label", "metric", "value", "value_low", "value_high", "n_images", "n_patients"],
+    ).assign(
+        percentile=percentile, mapper=str(mapper), checkpoint=str(checkpoint), code_version=code_version()
+    )
+    write_table(per_image, outputs["per_image"])
+    write_table(metrics, outputs["metrics"])
+    write_provenance(
+        outputs["provenance"],
+        **keys,
+        checkpoint=str(checkpoint),
+        mapper=str(mapper),
+        tables={"images": str(images), "boxes": str(boxes), "embeddings": str(embeddings)},
+        attributes=attributes,
+        percentile=percentile,
+        iou_thresholds=list(settings["iou_thresholds"]),
+        n_boot=int(settings["n_boot"]),
+        n_report_images=len(report),
+        device=str(torch_device),
+    )
+    return metrics
+
+
+def _heatmap_items(
+    heatmaps: PathLike, per_image: pd.DataFrame, images: pd.DataFrame, truths: pd.DataFrame, *,
+    attribute: str, percentile: float, n: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Up to ``n`` test images with a box of the attribute (by image id), each with its heatmap in PNG
+    pixels, truth boxes, region boxes and the heatmap maximum, for :func:`mammoclip.plots.detection_panel`."""
+    import cv2
+    import numpy as np
+
+    from mammoclip.evaluate.localisation import heatmap_regions, heatmap_to_png
+
+    with np.load(heatmaps, allow_pickle=False) as data:
+        ids = [str(i) for i in data["image_id"]]
+        a = [str(x) for x in data["attributes"]].index(attribute)
+        heat, stride = data["heatmaps"][:, a], int(data["stride"])
+        in_h, in_w = (int(v) for v in data["input_size"])
+    rows = per_image[per_image["attribute"] == attribute].sort_values("image_id").head(n)
+    path_of = dict(zip(images["image_id"], images["png_path"], strict=True))
+    items = []
+    for row in rows.itertuples(index=False):
+        png = cv2.imread(str(path_of[row.image_id]), cv2.IMREAD_GRAYSCALE)
+        if png is None:
+            raise ValueError(f"{path_of[row.image_id]}: not a readable PNG (image {row.image_id})")
+        hm = heatmap_to_png(
+            heat[ids.index(row.image_id)], stride=stride, input_size=(in_h, in_w), png_size=png.shape
+        )
+        hit = "hit" if row.pointing_hit else "miss"
+        items.append(
+            {
+                "png_path": path_of[row.image_id],
+                "title": str(row.image_id)[:12],
+                "truths": truths.loc[truths["image_id"] == row.image_id, list(_BOX)].to_numpy(np.float64),
+                "detections": heatmap_regions(hm, percentile=percentile),
+                "heatmap": hm,
+                "point": (row.peak_x, row.peak_y),
+                "caption": f"best IoU {row.max_iou:.2f}, pointing {hit}",
+            }
+        )
+    return items
+
+
+def localisation_table(
+    *,
+    metrics: Sequence[PathLike],
+    per_image: Sequence[PathLike],
+    heatmaps: Sequence[PathLike],
+    images: PathLike,
+    boxes: PathLike,
+    paper_results: PathLike,
+    protocol: str,
+    markdown: PathLike,
+    csv: PathLike,
+    overlays: Sequence[PathLike],
+    percentile: float = 95.0,
+    n_overlays: int = 6,
+) -> pd.DataFrame:
+    """One protocol's localisation table (``markdown`` and ``csv``, one stem) from the runs' ``metrics``,
+    and per attribute an overlay panel (``heatmaps_{attribute}.png``: test images with a box of the finding,
+    heatmap over the image, truths green, regions orange, the maximum as a white cross) of the first run.
+    ``per_image`` and ``heatmaps`` are the same runs' files, in the order of ``metrics``."""
+    from mammoclip.annotations.tables import read_table
+    from mammoclip.paper_tables import localisation_table as build_table
+    from mammoclip.paper_tables import read_paper_results, write_table_files
+    from mammoclip.plots import detection_panel
+    from mammoclip.train.factor import ATTRIBUTE_FINDINGS
+
+    out_stem = Path(markdown).with_suffix("")
+    if Path(csv) != out_stem.with_name(out_stem.name + ".csv"):
+        raise ValueError(f"{markdown} and {csv} must share their stem")
+    if not len(metrics) == len(per_image) == len(heatmaps):
+        raise ValueError("metrics, per_image and heatmaps must be the files of the same runs")
+    frames = [pd.read_csv(p, dtype={"model": str, "checkpoint": str, "paper_model": str}) for p in metrics]
+    table = build_table(frames, read_paper_results(paper_results), protocol=protocol)
+    write_table_files(table, out_stem, caption="Mammo-FActOR weakly supervised localisation")
+    log.info("%s protocol: localisation table from %d runs", protocol, len(metrics))
+    for path in overlays:
+        attribute = Path(path).stem.removeprefix("heatmaps_")
+        items, title = [], f"{attribute}: no run"
+        if metrics:
+            label = ATTRIBUTE_FINDINGS[attribute][1]
+            table_images = read_table(images, str_columns=_ID_COLUMNS)
+            _, truths, _ = detection_truths(images, boxes, label=label)
+            rows = read_table(per_image[0], str_columns=_ID_COLUMNS)
+            items = _heatmap_items(
+                heatmaps[0],
+                rows,
+                table_images,
+                truths,
+                attribute=attribute,
+                percentile=percentile,
+                n=n_overlays,
+            )
+            run = frames[0].iloc[0]
+            title = (
+                f"{attribute} heatmaps, {run['model']} seed {int(run['seed'])} ({protocol} protocol): truths "
+                f"green, regions above the {percentile:g}th percentile orange, maximum white"
+            )
+        detection_panel(items, path, title=title, max_images=max(1, n_overlays))
+    return table

@@ -368,3 +368,64 @@ def detector_runtime(wildcards):
 
 DETECT_THREADS = max(DETECT["num_workers"], 1)
 DETECT_MEM_MB = 16000 if DETECT["gpus"] else 4000
+
+
+# Mammo-FActOR (rules/factor.smk): attribute embeddings per model, one mapper and one localisation run per
+# (protocol, model, seed) on VinDr, one localisation table per protocol.
+FACTOR = config["factor"]
+FACTOR_RUN = "results/factor/{protocol}/{model}/seed{seed}"
+FACTOR_RUNS = (
+    [
+        dict(protocol=protocol, model=model, seed=seed)
+        for protocol, model, seed in itertools.product(
+            FACTOR["protocols"], CHECKPOINTS, FACTOR["seeds"]
+        )
+    ]
+    if FACTOR["enabled"] and "vindr" in ENABLED_DATASETS
+    else []
+)
+# one overlay panel per attribute evaluated against VinDr boxes
+FACTOR_ATTRIBUTES = [
+    a for a in FACTOR["attributes"] if a in ("mass", "suspicious_calcification")
+]
+# what the mapper's training depends on; evaluation settings (percentile, thresholds, ...) rerun only the
+# localisation jobs
+FACTOR_TRAINING_KEYS = (
+    "fold",
+    "epochs",
+    "patience",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "temperature",
+    "input_height",
+    "input_width",
+    "feature_stride",
+    "top_k",
+    "cache_features",
+)
+FACTOR_EVALUATION_KEYS = ("fold", "percentile", "iou_thresholds", "n_boot")
+FACTOR_THREADS = max(FACTOR["num_workers"], 1)
+FACTOR_MEM_MB = 16000 if FACTOR["gpus"] else 4000
+# one B5 pass over ~16k VinDr training images per epoch (uncached) on a GPU, else a tiny CPU run
+FACTOR_RUNTIME_MIN = (
+    FACTOR["epochs"] * 30 + 30 if FACTOR["gpus"] else FACTOR["epochs"] * 2 + 10
+)
+
+
+def factor_files(name, **only):
+    """The `name` file of every localisation run matching `only` (e.g. protocol="clean")."""
+    return [
+        f"{FACTOR_RUN.format(**run)}/{name}"
+        for run in FACTOR_RUNS
+        if all(str(run[k]) == str(v) for k, v in only.items())
+    ]
+
+
+def factor_inputs(wildcards):
+    """VinDr's image and box tables, the checkpoint and its attribute embeddings."""
+    return {
+        **registry.get_dataset("vindr").detection_inputs(),
+        "checkpoint": CHECKPOINTS[wildcards.model],
+        "embeddings": f"results/factor/{wildcards.model}/attribute_embeddings.npz",
+    }

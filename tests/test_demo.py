@@ -119,6 +119,33 @@ def test_demo_detector_finds_the_planted_masses(demo_run):
     assert (demo_run / "results/tables/clean/froc_Mass.png").stat().st_size > 5000
 
 
+def test_demo_factor_heatmaps_and_localisation_table(demo_run):
+    """Mammo-FActOR runs under both protocols: heatmaps of every test image, scores of the 8 test images with
+    a mass box (3 patients) and the 10 with a calcification box, and the table beside the paper's values."""
+    import numpy as np
+
+    for protocol in ("paper", "clean"):
+        run = demo_run / f"results/factor/{protocol}/mammoclip/seed10"
+        with np.load(run / "heatmaps.npz") as heat:
+            # paper: the 16 test images with a mass or calcification; clean: all 32
+            assert heat["heatmaps"].shape == ({"paper": 16, "clean": 32}[protocol], 2, 8, 5)
+        metrics = pd.read_csv(run / "metrics.csv").set_index(["label", "metric"])
+        assert metrics.loc[("Mass", "pointing_game"), "n_images"] == 8
+        assert metrics.loc[("Suspicious_Calcification", "pointing_game"), "n_images"] == 10
+        # the chance level: the mass boxes cover 0.8 % of their images
+        assert metrics.loc[("Mass", "pointing_random"), "value"] == pytest.approx(0.0084, abs=0.001)
+        table = pd.read_csv(demo_run / f"results/tables/{protocol}/localisation.csv").set_index(
+            ["label", "metric"]
+        )
+        assert table.loc[("Mass", "iou_hit@0.25"), "paper mc_enb5"] == 0.45
+        assert (
+            table.loc[("Mass", "iou_hit@0.25"), "mammoclip mean"]
+            == metrics.loc[("Mass", "iou_hit@0.25"), "value"]
+        )
+        for attribute in ("mass", "suspicious_calcification"):
+            assert (demo_run / f"results/tables/{protocol}/heatmaps_{attribute}.png").stat().st_size > 5000
+
+
 def test_rerun_has_nothing_to_do(demo_run):
     result = subprocess.run(
         [

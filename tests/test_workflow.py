@@ -62,6 +62,18 @@ TINY = {
             "Suspicious_Calcification": {"enabled": False},
         },
     },
+    # Mammo-FActOR at the PNG size (the tiny encoder's final map: 4 x 3), features cached
+    "factor": {
+        "epochs": 2,
+        "lr": 1.0e-3,
+        "input_height": 128,
+        "input_width": 80,
+        "cache_features": True,
+        "gpus": 0,
+        "num_workers": 0,
+        "n_boot": 20,
+        "overlays": 2,
+    },
 }
 pytestmark = pytest.mark.slow
 
@@ -284,6 +296,82 @@ def test_detection_tables_froc_plots_and_panels(demo):
         for name in ("froc_Mass.png", "detections_Mass.png"):
             png = cv2.imread(str(demo / f"results/tables/{protocol}/{name}"))
             assert png is not None and png.shape[0] >= 400, name
+
+
+def test_factor_runs_write_heatmaps_scores_and_provenance(demo):
+    images = pd.read_csv(demo / "results/annotations/vindr/vindr_images.csv", dtype={"image_id": str})
+    embeddings = np.load(demo / "results/factor/tiny-clip/attribute_embeddings.npz")
+    assert list(embeddings["attributes"]) == ["mass", "suspicious_calcification"]
+    assert embeddings["embeddings"].shape == (2, 32)
+    assert np.allclose(np.linalg.norm(embeddings["embeddings"], axis=1), 1.0, atol=1e-5)
+    sentences = json.loads((demo / "results/factor/tiny-clip/attribute_embeddings.json").read_text())[
+        "sentences"
+    ]
+    assert "there is a mass in the left breast" in sentences["mass"]
+    for protocol in ("paper", "clean"):
+        run = demo / f"results/factor/{protocol}/tiny-clip/seed10"
+        test = images[images["split"] == "test"]
+        if protocol == "paper":
+            test = test[(test["Mass"] == 1) | (test["Suspicious_Calcification"] == 1)]
+        with np.load(run / "heatmaps.npz") as heat:
+            assert sorted(heat["image_id"]) == sorted(test["image_id"])
+            assert heat["heatmaps"].shape == (len(test), 2, 4, 3) and heat["heatmaps"].dtype == np.float16
+            assert heat["scores"].shape == (len(test), 2) and int(heat["stride"]) == 32
+        metrics = pd.read_csv(run / "metrics.csv", dtype={"model": str})
+        mass = metrics[metrics["label"] == "Mass"].set_index("metric")
+        assert list(mass.index) == ["iou_hit@0.25", "iou_hit@0.50", "pointing_game", "pointing_random"]
+        assert mass["value"].between(0, 1).all() and (mass["value_low"] <= mass["value_high"]).all()
+        assert 0 < mass.loc["pointing_random", "value"] < 0.2
+        assert set(metrics["setting"]) == {"weak"} and metrics["paper_model"].eq("mc_enb5").all()
+        assert metrics["checkpoint"].str.endswith("tiny-clip.tar").all() and metrics["seed"].eq(10).all()
+        per_image = pd.read_csv(run / "localisation_per_image.csv", dtype={"image_id": str})
+        boxes = pd.read_csv(demo / "results/annotations/vindr/vindr_boxes.csv", dtype={"image_id": str})
+        with_mass = boxes[
+            boxes["finding_categories"].str.contains("Mass") & boxes["image_id"].isin(test["image_id"])
+        ]
+        assert sorted(per_image.loc[per_image["label"] == "Mass", "image_id"]) == sorted(
+            set(with_mass["image_id"])
+        )
+        assert per_image["peak_x"].between(0, 80).all() and per_image["peak_y"].between(0, 128).all()
+        history = pd.read_csv(run / "history.csv")
+        assert list(history["epoch"]) == [1, 2] and history["selected"].sum() == 1
+        import torch
+
+        saved = torch.load(run / "mapper.pt", weights_only=True)
+        assert saved["metadata"]["protocol"] == protocol and saved["metadata"]["info"]["map_shape"] == [4, 3]
+        assert saved["metadata"]["mapper"]["legacy"] is False
+        record = json.loads((run / "localisation.json").read_text())
+        assert record["percentile"] == 95 and record["n_report_images"] == len(test)
+        assert "selected epoch" in (demo / f"logs/factor/{protocol}/tiny-clip/seed10_train.log").read_text()
+
+
+def test_localisation_tables_and_heatmap_overlays(demo):
+    for protocol in ("paper", "clean"):
+        table = pd.read_csv(demo / f"results/tables/{protocol}/localisation.csv")
+        mass = table[table["label"] == "Mass"].set_index("metric")
+        assert {"iou_hit@0.25", "iou_hit@0.50", "pointing_game", "pointing_random"} <= set(mass.index)
+        assert mass.loc["iou_hit@0.25", "paper mc_enb5"] == pytest.approx(0.45)
+        assert mass.loc["iou_hit@0.50", "paper mc_enb5"] == pytest.approx(0.37)
+        markdown = (demo / f"results/tables/{protocol}/localisation.md").read_text()
+        assert f"{protocol} protocol" in markdown and "pointing game" in markdown and "| Mass |" in markdown
+        for attribute in ("mass", "suspicious_calcification"):
+            png = cv2.imread(str(demo / f"results/tables/{protocol}/heatmaps_{attribute}.png"))
+            assert png is not None and png.shape[0] >= 200, attribute
+
+
+def test_changing_localisation_settings_keeps_the_mappers(demo):
+    config = yaml.safe_load((demo / "config/config.yaml").read_text())
+    config["factor"]["percentile"] = 90
+    overlay = demo / "config" / "factor-percentile.yaml"
+    overlay.write_text(yaml.safe_dump(config))
+    jobs = _planned_jobs(snakemake(demo, "-n", "--configfile", str(overlay)).stdout)
+    assert sorted(w["protocol"] for name, w in jobs if name == "factor_localise") == ["clean", "paper"]
+    assert {name for name, _ in jobs} == {"factor_localise", "localisation_table", "all"}
+    config["factor"]["percentile"] = 95
+    config["factor"]["lr"] = 2.0e-3
+    overlay.write_text(yaml.safe_dump(config))
+    jobs = _planned_jobs(snakemake(demo, "-n", "--configfile", str(overlay)).stdout)
+    assert {name for name, _ in jobs} == {"factor_train", "factor_localise", "localisation_table", "all"}
 
 
 def _planned_jobs(stdout: str) -> list[tuple[str, dict]]:

@@ -88,8 +88,9 @@ if ((demo)); then
 	# GPU rules get their GPU count from demo-config.yaml (gpus: 1), not from --set-resources
 	"$here/run-workflow.sh" --timeout 2400 \
 		--gpu-rule pretrain --gpu-rule embed_images --gpu-rule classify --gpu-rule detect \
+		--gpu-rule factor_train --gpu-rule factor_localise \
 		--cpu-rule convert_shard --cpu-rule zero_shot --cpu-rule classification_table \
-		--cpu-rule detection_table \
+		--cpu-rule detection_table --cpu-rule factor_embeddings --cpu-rule localisation_table \
 		"$work/demo" --configfile "$here/demo-config.yaml" -- all
 	for protocol in paper clean; do
 		table="$work/demo/results/tables/$protocol/classification.md"
@@ -100,6 +101,11 @@ if ((demo)); then
 		table="$work/demo/results/tables/$protocol/detection.md"
 		grep -q "| vindr | Mass | mAP@0.5 | finetune | 100 % | [0-9]" "$table" || {
 			log "ERROR: $table lacks our Mass finetune AP"
+			exit 1
+		}
+		table="$work/demo/results/tables/$protocol/localisation.md"
+		grep -q "| vindr | Mass | pointing game | weak localisation | 100 % | [0-9]" "$table" || {
+			log "ERROR: $table lacks our Mass pointing game"
 			exit 1
 		}
 	done

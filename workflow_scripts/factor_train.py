@@ -1,0 +1,21 @@
+import _bootstrap  # noqa: F401  (makes the package importable)
+
+from mammoclip import stages
+from mammoclip.logs import log_to_file
+
+snakemake = snakemake  # noqa: F821  (injected by Snakemake)
+log_to_file(snakemake.log[0])
+inp, params, wc = snakemake.input, snakemake.params, snakemake.wildcards
+stages.factor_train(
+    protocol=wc.protocol,
+    model=wc.model,
+    seed=int(wc.seed),
+    settings=params.settings,
+    legacy=params.legacy,
+    checkpoint=inp.checkpoint,
+    embeddings=inp.embeddings,
+    images=inp.images,
+    outputs=dict(snakemake.output.items()),
+    text_backbone=params.text_backbone,
+    threads=snakemake.threads,
+)
