@@ -384,10 +384,8 @@ FACTOR_RUNS = (
     if FACTOR["enabled"] and "vindr" in ENABLED_DATASETS
     else []
 )
-# one overlay panel per attribute evaluated against VinDr boxes
-FACTOR_ATTRIBUTES = [
-    a for a in FACTOR["attributes"] if a in ("mass", "suspicious_calcification")
-]
+# one overlay panel per attribute (the schema allows only attributes with VinDr boxes)
+FACTOR_ATTRIBUTES = list(FACTOR["attributes"])
 # what the mapper's training depends on; evaluation settings (percentile, thresholds, ...) rerun only the
 # localisation jobs
 FACTOR_TRAINING_KEYS = (

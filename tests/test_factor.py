@@ -314,3 +314,43 @@ def test_localisation_table_compares_with_the_papers_encoder():
     assert table.loc["iou_hit@0.50", "ours"] == "0.250 [0.150, 0.350]"
     assert np.isnan(table.loc["pointing_game", "paper mc_enb5"])
     assert localisation_table([frame], paper, protocol="paper").empty
+
+
+def test_config_refuses_an_attribute_without_vindr_boxes():
+    from mammoclip.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="factor.attributes.*'nodule' is not one of"):
+        load_config({"factor": {"attributes": {"nodule": ["a nodule"]}}})
+    config = load_config({"factor": {"attributes": {"mass": ["a round mass"]}}})
+    assert config["factor"]["attributes"] == {"mass": ["a round mass"]}
+    assert config["factor"]["top_k"] == 3 and config["factor"]["feature_stride"] == 32
+
+
+@pytest.mark.parametrize("stride", [8, 16, 32])
+def test_mapper_reads_the_chosen_feature_stage(tmp_path, stride):
+    from mammoclip.models.image_encoders import build_image_encoder
+
+    torch.manual_seed(0)
+    encoder = build_image_encoder("test_efficientnet", pretrained=False)
+    frame = _blob_images(tmp_path, 8)
+    parts = {"train": frame.iloc[:6].reset_index(drop=True), "select": frame.iloc[6:].reset_index(drop=True)}
+    config = MapperConfig(
+        seed=0,
+        epochs=1,
+        batch_size=4,
+        input_height=128,
+        input_width=96,
+        feature_stride=stride,
+        cache_features=True,
+    )
+    result = train_mapper(parts, torch.randn(1, 8), ["Mass"], config, encoder, progress=False)
+    assert result.info["map_shape"] == [128 // stride, 96 // stride]
+    channels = encoder.stage_channels[[8, 16, 32].index(stride)]
+    from mammoclip.train.factor import encode_maps
+
+    assert encode_maps(encoder, parts["select"], config, progress=False).shape == (
+        2,
+        channels,
+        128 // stride,
+        96 // stride,
+    )
