@@ -7,7 +7,8 @@ be run and tested without Snakemake. What differs per dataset comes from :mod:`m
 
 DAG: phantom -> convert_shard -> join_manifest -> vindr_tables / rsna_folds / prepare_reports ->
 augment_reports -> tiny_text_model -> pretrain -> embed_images -> score_images -> zero_shot; classify ->
-classification_table; detect -> detection_table.
+classification_table; detect -> detection_table; factor_embeddings -> factor_train -> factor_localise ->
+localisation_table.
 """
 
 from __future__ import annotations
@@ -1192,7 +1193,9 @@ def factor_train(
 ) -> Any:
     """One attribute mapper (:func:`mammoclip.train.factor.train_mapper`) on the checkpoint's frozen image
     encoder, trained on VinDr's image-level finding labels (:func:`factor_parts`). Writes ``outputs``:
-    ``mapper`` (``torch.save``: ``state_dict`` and ``metadata``), ``history`` and ``provenance``."""
+    ``mapper`` (``torch.save``: ``state_dict`` and ``metadata``), ``history`` and ``provenance``. While it
+    runs, ``mapper.last.pt`` beside them holds the state after the last finished epoch, so that the job
+    run again after a kill resumes there; it is deleted when the mapper is written."""
     import torch
 
     from mammoclip.annotations.tables import read_table, write_table
@@ -1214,7 +1217,11 @@ def factor_train(
     config = MapperConfig.from_config(settings, seed=seed, legacy=legacy)
     clip, _, info = load_clip(checkpoint, tokenizer=False, text_backbone=text_backbone)
     torch_device = pick_device(device)
-    result = train_mapper(parts, vectors, labels, config, clip.image_encoder, device=str(torch_device))
+    # kept only while the job runs: a killed job's rerun continues after its last finished epoch
+    resume = Path(outputs["mapper"]).with_name("mapper.last.pt")
+    result = train_mapper(
+        parts, vectors, labels, config, clip.image_encoder, device=str(torch_device), resume_path=resume
+    )
     log.info(
         "selected epoch %d (select loss %.4f)", result.info["best_epoch"], result.info["best_select_loss"]
     )
@@ -1239,6 +1246,7 @@ def factor_train(
     path = Path(outputs["mapper"])
     with atomic_path(path, temporary=path.with_suffix(".tmp")) as tmp:
         torch.save({"state_dict": result.state_dict, "metadata": record}, tmp)
+    resume.unlink(missing_ok=True)
     return result
 
 

@@ -22,9 +22,10 @@ def test_paper_config_dag_has_every_run(tmp_path):
     # classifiers: VinDr 3 labels x (paper: lp 0.1/0.5/1 + ft 1 = 4; clean: 5 folds x 4) + RSNA cancer
     # (paper: lp 1 + ft 0.1/0.5/1 = 4; clean: 4 folds x 4), each x 3 seeds = (72 + 20) x 3 = 276;
     # detectors: 2 labels x (freeze 1 + ft 0.1/0.5/1 = 4) x 2 protocols (one fold each) x 3 seeds = 48;
+    # Mammo-FActOR: attribute embeddings + 2 protocols x 3 seeds x (mapper + scoring) + 2 tables = 15;
     # conversion 3 x 64 shards = 192; 21 others (joins, classification and detection tables, pretraining,
     # inference, zero-shot, all)
-    assert result["jobs"] == 276 + 48 + 192 + 21
+    assert result["jobs"] == 276 + 48 + 15 + 192 + 21
     # the roots held the real files' layout, not only their row counts
     findings = pd.read_csv(tmp_path / "data/vindr/finding_annotations.csv", dtype=str)
     assert findings.shape == (20_486, 16) and findings["xmin"].notna().sum() == 2_254

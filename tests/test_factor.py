@@ -354,3 +354,50 @@ def test_mapper_reads_the_chosen_feature_stage(tmp_path, stride):
         128 // stride,
         96 // stride,
     )
+
+
+def test_an_interrupted_mapper_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    import mammoclip.train.factor as factor
+
+    frame = _blob_images(tmp_path, 24)
+    parts = {
+        "train": frame.iloc[:16].reset_index(drop=True),
+        "select": frame.iloc[16:].reset_index(drop=True),
+    }
+    embeddings = torch.nn.functional.normalize(
+        torch.randn(1, 8, generator=torch.Generator().manual_seed(1)), dim=-1
+    )
+    config = MapperConfig(
+        seed=5,
+        epochs=4,
+        batch_size=4,
+        lr=1e-2,
+        patience=10,
+        input_height=128,
+        input_width=96,
+        cache_features=True,
+    )
+    whole = train_mapper(parts, embeddings, ["Mass"], config, _BlobEncoder(), progress=False)
+
+    resume = tmp_path / "last.pt"
+    save = factor._save_resume
+
+    def killed_after_epoch_2(path, state):
+        save(path, state)
+        if len(state["history"]) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(factor, "_save_resume", killed_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_mapper(parts, embeddings, ["Mass"], config, _BlobEncoder(), progress=False, resume_path=resume)
+    monkeypatch.setattr(factor, "_save_resume", save)
+    resumed = train_mapper(
+        parts, embeddings, ["Mass"], config, _BlobEncoder(), progress=False, resume_path=resume
+    )
+    pd.testing.assert_frame_equal(resumed.history, whole.history)
+    for key, value in whole.state_dict.items():
+        assert torch.equal(resumed.state_dict[key], value), key
+    # another run's file is refused
+    other = MapperConfig(**{**config.to_dict(), "lr": 1e-3})
+    with pytest.raises(ValueError, match="other settings"):
+        train_mapper(parts, embeddings, ["Mass"], other, _BlobEncoder(), progress=False, resume_path=resume)

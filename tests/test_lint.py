@@ -55,6 +55,7 @@ UPSTREAM_SECTIONS = {
     "pretraining",
     "classifiers",
     "detection",
+    "mammo-factor",
     "zero-shot",
     "evaluation",
     "checkpoints",

@@ -37,6 +37,10 @@ DAG_ORDER = [
     "classification_table",
     "detect",
     "detection_table",
+    "factor_embeddings",
+    "factor_train",
+    "factor_localise",
+    "localisation_table",
 ]
 
 

@@ -340,6 +340,7 @@ def test_factor_runs_write_heatmaps_scores_and_provenance(demo):
         saved = torch.load(run / "mapper.pt", weights_only=True)
         assert saved["metadata"]["protocol"] == protocol and saved["metadata"]["info"]["map_shape"] == [4, 3]
         assert saved["metadata"]["mapper"]["legacy"] is False
+        assert not (run / "mapper.last.pt").exists()  # the resume state goes once the mapper is written
         record = json.loads((run / "localisation.json").read_text())
         assert record["percentile"] == 95 and record["n_report_images"] == len(test)
         assert "selected epoch" in (demo / f"logs/factor/{protocol}/tiny-clip/seed10_train.log").read_text()

@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -222,6 +223,14 @@ def _targets(frame: pd.DataFrame, labels: Sequence[str]) -> Tensor:
     return torch.tensor(frame[list(labels)].to_numpy(np.float32))
 
 
+def _save_resume(path: str | Path, state: dict[str, Any]) -> None:
+    from mammoclip.io import atomic_path
+
+    path = Path(path)
+    with atomic_path(path, temporary=path.with_suffix(".tmp")) as tmp:
+        torch.save(state, tmp)
+
+
 def _state_copy(module: torch.nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
@@ -235,12 +244,18 @@ def train_mapper(
     *,
     device: str = "cpu",
     progress: bool = True,
+    resume_path: str | Path | None = None,
 ) -> MapperResult:
     """Train one mapper on ``parts["train"]`` and select its epoch on ``parts["select"]``.
 
     ``parts``: frames with ``png_path`` and 0/1 columns ``labels`` (one per attribute, in the order of
     ``embeddings`` ``[A, P]``). The encoder is frozen (no gradient) and in eval mode, its maps computed once
     when ``cache_features``; with ``legacy`` it stays in train mode as upstream's.
+
+    ``resume_path``: after every epoch the run's state (mapper, optimiser, shuffle generator, history, best
+    weights) is written there atomically; a run started with the same file continues after its last
+    finished epoch and ends as the uninterrupted run would (on the CPU: the same numbers). A file written
+    with other settings, attributes or images stops the run with a message.
     """
     seed_everything(config.seed)
     embeddings = torch.nn.functional.normalize(embeddings.float(), dim=-1).to(device)
@@ -283,8 +298,29 @@ def train_mapper(
 
     generator = torch.Generator().manual_seed(config.seed)
     history, best, best_state, stale = [], math.inf, _state_copy(mapper), 0
+    run_key = {
+        "config": config.to_dict(),
+        "labels": list(labels),
+        "images": {name: [str(p) for p in parts[name]["png_path"]] for name in ("train", "select")},
+    }
+    start = 1
+    if resume_path is not None and Path(resume_path).exists():
+        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if saved.get("run") != run_key:
+            raise ValueError(
+                f"{resume_path} was written by a mapper run with other settings, attributes or images; "
+                "delete it to start afresh"
+            )
+        mapper.load_state_dict(saved["mapper"])
+        optimiser.load_state_dict(saved["optimiser"])
+        generator.set_state(saved["generator"])
+        history, best, stale = saved["history"], saved["best"], saved["stale"]
+        best_state = saved["best_state"]
+        start = len(history) + 1
+        log.info("resuming from %s after epoch %d", resume_path, len(history))
     started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    last = config.epochs if stale < config.patience else start - 1  # a resumed run may have stopped early
+    for epoch in range(start, last + 1):
         mapper.train()
         total, count = 0.0, 0
         for maps, y in tqdm(
@@ -314,6 +350,20 @@ def train_mapper(
             }
         )
         log.info("epoch %d: train loss %.4f, select loss %.4f", epoch, history[-1]["train_loss"], select_loss)
+        if resume_path is not None:
+            _save_resume(
+                resume_path,
+                {
+                    "run": run_key,
+                    "mapper": _state_copy(mapper),
+                    "optimiser": optimiser.state_dict(),
+                    "generator": generator.get_state(),
+                    "history": history,
+                    "best": best,
+                    "best_state": best_state,
+                    "stale": stale,
+                },
+            )
         if stale >= config.patience:
             log.info("early stop: %d epochs without a lower select loss", stale)
             break
