@@ -1188,6 +1188,7 @@ def factor_train(
     images: PathLike,
     outputs: Mapping[str, str],
     text_backbone: str | None = None,
+    num_workers: int = 0,
     device: str = "auto",
     threads: int | None = None,
 ) -> Any:
@@ -1220,7 +1221,14 @@ def factor_train(
     # kept only while the job runs: a killed job's rerun continues after its last finished epoch
     resume = Path(outputs["mapper"]).with_name("mapper.last.pt")
     result = train_mapper(
-        parts, vectors, labels, config, clip.image_encoder, device=str(torch_device), resume_path=resume
+        parts,
+        vectors,
+        labels,
+        config,
+        clip.image_encoder,
+        device=str(torch_device),
+        resume_path=resume,
+        num_workers=num_workers,
     )
     log.info(
         "selected epoch %d (select loss %.4f)", result.info["best_epoch"], result.info["best_select_loss"]
@@ -1264,6 +1272,7 @@ def factor_localise(
     boxes: PathLike,
     outputs: Mapping[str, str],
     text_backbone: str | None = None,
+    num_workers: int = 0,
     device: str = "auto",
     threads: int | None = None,
 ) -> pd.DataFrame:
@@ -1307,7 +1316,7 @@ def factor_localise(
     net.load_state_dict(saved["state_dict"])
     clip, _, _ = load_clip(checkpoint, tokenizer=False, text_backbone=text_backbone)
     torch_device = pick_device(device)
-    maps = encode_maps(clip.image_encoder, report, config, device=str(torch_device))
+    maps = encode_maps(clip.image_encoder, report, config, device=str(torch_device), num_workers=num_workers)
     heat, scores = mapper_heatmaps(net, maps, vectors, top_k=config.top_k, temperature=config.temperature)
     path = Path(outputs["heatmaps"])
     with atomic_path(path, temporary=Path(str(path) + ".tmp.npz")) as tmp:

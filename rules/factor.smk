@@ -48,6 +48,7 @@ rule factor_train:
         settings={k: FACTOR[k] for k in FACTOR_TRAINING_KEYS},
         legacy=config["legacy"],
         text_backbone=config["text_backbone"],
+        num_workers=FACTOR["num_workers"],
     script:
         "../workflow_scripts/factor_train.py"
 
@@ -78,6 +79,7 @@ rule factor_localise:
         settings={k: FACTOR[k] for k in FACTOR_EVALUATION_KEYS},
         paper_model=PAPER_MODEL,
         text_backbone=config["text_backbone"],
+        num_workers=FACTOR["num_workers"],
     script:
         "../workflow_scripts/factor_localise.py"
 

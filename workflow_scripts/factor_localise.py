@@ -19,5 +19,6 @@ stages.factor_localise(
     boxes=inp.boxes,
     outputs=dict(snakemake.output.items()),
     text_backbone=params.text_backbone,
+    num_workers=params.num_workers,
     threads=snakemake.threads,
 )

@@ -17,5 +17,6 @@ stages.factor_train(
     images=inp.images,
     outputs=dict(snakemake.output.items()),
     text_backbone=params.text_backbone,
+    num_workers=params.num_workers,
     threads=snakemake.threads,
 )

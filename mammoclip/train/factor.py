@@ -207,10 +207,15 @@ def encode_maps(
     *,
     device: str = "cpu",
     progress: bool = True,
+    num_workers: int = 0,
 ) -> Tensor:
     """The frozen encoder's feature maps at ``config.feature_stride`` of the frame's images (eval mode,
-    float16 on the CPU): ``[N, C, h, w]``."""
-    loader = DataLoader(_Inputs(frame, config.input_height, config.input_width), batch_size=config.batch_size)
+    float16 on the CPU): ``[N, C, h, w]``; ``num_workers`` processes read the images."""
+    loader = DataLoader(
+        _Inputs(frame, config.input_height, config.input_width),
+        batch_size=config.batch_size,
+        num_workers=num_workers,
+    )
     encoder = encoder.to(device).eval()
     maps = []
     with torch.inference_mode():
@@ -245,12 +250,14 @@ def train_mapper(
     device: str = "cpu",
     progress: bool = True,
     resume_path: str | Path | None = None,
+    num_workers: int = 0,
 ) -> MapperResult:
     """Train one mapper on ``parts["train"]`` and select its epoch on ``parts["select"]``.
 
     ``parts``: frames with ``png_path`` and 0/1 columns ``labels`` (one per attribute, in the order of
     ``embeddings`` ``[A, P]``). The encoder is frozen (no gradient) and in eval mode, its maps computed once
-    when ``cache_features``; with ``legacy`` it stays in train mode as upstream's.
+    when ``cache_features``; with ``legacy`` it stays in train mode as upstream's. ``num_workers``
+    processes read the images.
 
     ``resume_path``: after every epoch the run's state (mapper, optimiser, shuffle generator, history, best
     weights) is written there atomically; a run started with the same file continues after its last
@@ -270,26 +277,36 @@ def train_mapper(
     )
     optimiser = torch.optim.AdamW(mapper.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     cached = {
-        name: encode_maps(encoder, parts[name], config, device=device, progress=progress)
+        name: encode_maps(
+            encoder, parts[name], config, device=device, progress=progress, num_workers=num_workers
+        )
         for name in ("train", "select")
         if config.cache_features
     }
     targets = {name: _targets(parts[name], labels) for name in ("train", "select")}
 
+    inputs = {
+        name: _Inputs(parts[name], config.input_height, config.input_width) for name in ("train", "select")
+    }
+
     def batches(name: str, generator: torch.Generator | None):
         n = len(parts[name])
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        for start in range(0, n, config.batch_size):
-            index = order[start : start + config.batch_size]
-            if config.cache_features:
-                maps = cached[name][index].to(device).float()
-            else:
-                images = torch.stack(
-                    [_Inputs(parts[name], config.input_height, config.input_width)[int(i)][0] for i in index]
-                )
-                encoder.train(config.legacy)
-                with torch.no_grad():
-                    maps = _stage(encoder, images.to(device), config.feature_stride).float()
+        if config.cache_features:
+            for start in range(0, n, config.batch_size):
+                index = order[start : start + config.batch_size]
+                yield cached[name][index].to(device).float(), targets[name][index].to(device)
+            return
+        # upstream's encoder is in train mode while the mapper trains (legacy), in eval mode otherwise
+        encoder.train(config.legacy and generator is not None)
+        loader = DataLoader(
+            torch.utils.data.Subset(inputs[name], order.tolist()),
+            batch_size=config.batch_size,
+            num_workers=num_workers,
+        )
+        for images, index in loader:
+            with torch.no_grad():
+                maps = _stage(encoder, images.to(device), config.feature_stride).float()
             yield maps, targets[name][index].to(device)
 
     def loss_of(maps: Tensor, y: Tensor) -> Tensor:
