@@ -422,3 +422,12 @@ def test_uncached_maps_train_as_the_cached_ones(tmp_path):
     # the same batches in the same order; the cache holds float16 maps, hence the tolerance
     np.testing.assert_allclose(cached["train_loss"], uncached["train_loss"], rtol=1e-2)
     np.testing.assert_allclose(cached["select_loss"], uncached["select_loss"], rtol=1e-2)
+
+
+def test_schema_attributes_are_the_known_findings():
+    from mammoclip.config import load_schema
+    from mammoclip.train.factor import ATTRIBUTE_FINDINGS
+
+    attributes = load_schema()["properties"]["factor"]["properties"]["attributes"]
+    assert attributes["propertyNames"]["enum"] == list(ATTRIBUTE_FINDINGS)
+    assert list(attributes["default"]) == list(ATTRIBUTE_FINDINGS)
