@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mammoclip.models.factor import AttributeMapper, image_scores, region_similarities
@@ -183,21 +183,12 @@ def _stage(encoder: ImageEncoder, images: Tensor, stride: int) -> Tensor:
     return encoder.feature_stages(images)[FEATURE_STRIDES.index(stride)]
 
 
-class _Inputs(torch.utils.data.Dataset):
-    """Model inputs ``[3, H, W]`` of a frame's ``png_path`` column (and its row index)."""
+def _inputs(frame: pd.DataFrame, config: MapperConfig) -> Dataset:
+    """The model inputs ``[3, H, W]`` of the frame's ``png_path`` column."""
+    from mammoclip.inference import ImageFiles
 
-    def __init__(self, frame: pd.DataFrame, height: int, width: int) -> None:
-        self.paths = [str(p) for p in frame["png_path"]]
-        self.height, self.width = height, width
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        from mammoclip.inference import read_model_input
-
-        image = read_model_input(self.paths[index], height=self.height, width=self.width)
-        return torch.from_numpy(image), index
+    paths = pd.DataFrame({"path": [str(p) for p in frame["png_path"]]})
+    return ImageFiles(paths, height=config.input_height, width=config.input_width)
 
 
 def encode_maps(
@@ -211,15 +202,11 @@ def encode_maps(
 ) -> Tensor:
     """The frozen encoder's feature maps at ``config.feature_stride`` of the frame's images (eval mode,
     float16 on the CPU): ``[N, C, h, w]``; ``num_workers`` processes read the images."""
-    loader = DataLoader(
-        _Inputs(frame, config.input_height, config.input_width),
-        batch_size=config.batch_size,
-        num_workers=num_workers,
-    )
+    loader = DataLoader(_inputs(frame, config), batch_size=config.batch_size, num_workers=num_workers)
     encoder = encoder.to(device).eval()
     maps = []
     with torch.inference_mode():
-        for images, _ in tqdm(loader, desc="feature maps", unit="batch", disable=not progress):
+        for images in tqdm(loader, desc="feature maps", unit="batch", disable=not progress):
             maps.append(_stage(encoder, images.to(device), config.feature_stride).half().cpu())
     return torch.cat(maps)
 
@@ -285,9 +272,7 @@ def train_mapper(
     }
     targets = {name: _targets(parts[name], labels) for name in ("train", "select")}
 
-    inputs = {
-        name: _Inputs(parts[name], config.input_height, config.input_width) for name in ("train", "select")
-    }
+    inputs = {name: _inputs(parts[name], config) for name in ("train", "select")}
 
     def batches(name: str, generator: torch.Generator | None):
         n = len(parts[name])
@@ -304,7 +289,7 @@ def train_mapper(
             batch_size=config.batch_size,
             num_workers=num_workers,
         )
-        for images, index in loader:
+        for images, index in zip(loader, order.split(config.batch_size), strict=True):
             with torch.no_grad():
                 maps = _stage(encoder, images.to(device), config.feature_stride).float()
             yield maps, targets[name][index].to(device)
