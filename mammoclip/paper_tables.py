@@ -1,4 +1,4 @@
-"""Per-run metrics -> the paper's result tables (Markdown + CSV) and a data-efficiency plot.
+"""Per-run metrics -> the paper's result tables (Markdown + CSV).
 
 Inputs
 ------
@@ -20,8 +20,8 @@ paper (per label: zero-shot, linear probe 10/50/100 %, finetune), one column gro
 paper's value and ours - paper; density rows show the majority-class baseline (~0.77 on the VinDr test
 split, so density accuracy must be read against it). A cell without runs is empty (NaN / ``""``), never 0.
 :func:`to_markdown` / :func:`write_table_files` render it; the caption always names the protocol and the
-metric per dataset. :func:`data_efficiency_plot` draws metric vs data fraction with Pillow; the PNG has no
-metadata, so equal inputs give equal bytes.
+metric per dataset. The data-efficiency plots of the aggregated runs are drawn with matplotlib in
+:mod:`mammoclip.plots` (:func:`mammoclip.plots.efficiency_plot`).
 
 Detection (docs/upstream.md#detection): :func:`detection_table` takes the detector runs' ``metrics.csv``
 frames (``map50`` in both protocols; ``cpm`` and ``sensitivity_at_<fp>`` where the FROC was computed) through
@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from mammoclip.evaluate.metrics import summarise_runs
-from mammoclip.io import atomic_path, atomic_write
+from mammoclip.io import atomic_write
 
 __all__ = [
     "PAPER_MODELS",
@@ -53,7 +53,6 @@ __all__ = [
     "RUN_COLUMNS",
     "aggregate_runs",
     "caption_for",
-    "data_efficiency_plot",
     "detection_table",
     "localisation_table",
     "LOCALISATION_PROTOCOL_CAPTIONS",
@@ -680,185 +679,3 @@ def write_table_files(
     with atomic_write(csv, "wb") as handle:
         handle.write(text.encode("utf-8"))
     return md, csv
-
-
-# ------------------------------------------------------------------------------------------------ plotting
-
-_PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75)]
-_PLOT_SETTINGS = ["lp", "ft"]
-
-
-def _dashed(draw, points: list[tuple[float, float]], fill, width: int, dash: int = 8, gap: int = 6) -> None:
-    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
-        length = math.hypot(x1 - x0, y1 - y0)
-        pos = 0.0
-        while pos < length:
-            end = min(pos + dash, length)
-            a, b = pos / length, end / length
-            draw.line(
-                [(x0 + (x1 - x0) * a, y0 + (y1 - y0) * a), (x0 + (x1 - x0) * b, y0 + (y1 - y0) * b)],
-                fill=fill,
-                width=width,
-            )
-            pos = end + gap
-
-
-def _marker(draw, x: float, y: float, setting: str, colour, *, hollow: bool, r: int = 5) -> None:
-    box = [x - r, y - r, x + r, y + r]
-    fill, outline = ((255, 255, 255), colour) if hollow else (colour, colour)
-    if setting == "ft":
-        draw.rectangle(box, fill=fill, outline=outline, width=2)
-    else:
-        draw.ellipse(box, fill=fill, outline=outline, width=2)
-
-
-def data_efficiency_plot(
-    aggregated: pd.DataFrame,
-    path: str | os.PathLike,
-    *,
-    dataset: str,
-    label: str,
-    paper: pd.DataFrame | None = None,
-    protocol: str | None = None,
-    metric: str | None = None,
-    size: tuple[int, int] = (900, 600),
-) -> Path:
-    """PNG of metric vs training-data fraction for one (dataset, label): one line per model x setting (lp/ft).
-
-    Ours: solid lines, filled markers (circle = linear probe, square = finetune), vertical bars of ±1 std.
-    With ``paper`` (:func:`read_paper_results`), each model's ``paper_model`` values are drawn as dashed
-    lines with hollow markers in the model's colour; a majority-class baseline (density) is a grey dotted
-    line. ``protocol`` keeps one protocol (default: all, named in the legend); ``metric`` defaults to the
-    paper's metric for the label, or the only one present. Drawn with Pillow at a fixed size and saved
-    without metadata, so the same inputs give the same bytes.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    sel = aggregated[
-        (aggregated["dataset"] == dataset)
-        & (aggregated["label"] == label)
-        & aggregated["setting"].isin(_PLOT_SETTINGS)
-    ]
-    if protocol is not None:
-        sel = sel[sel["protocol"] == protocol]
-    ref = pd.DataFrame(columns=[*KEY, "paper_model", "paper_value"]) if paper is None else paper
-    ref = ref[(ref["dataset"] == dataset) & (ref["label"] == label) & ref["setting"].isin(_PLOT_SETTINGS)]
-    if sel.empty:
-        raise ValueError(f"data_efficiency_plot: no lp/ft results for {dataset}/{label}")
-    if metric is None:
-        metrics = sorted(set(sel["metric"]))
-        paper_metrics = [m for m in dict.fromkeys(ref["metric"]) if m in metrics]
-        if paper_metrics:
-            metric = paper_metrics[0]
-        elif len(metrics) == 1:
-            metric = metrics[0]
-        else:
-            raise ValueError(f"data_efficiency_plot: choose metric= among {metrics} for {dataset}/{label}")
-    sel = sel[sel["metric"] == metric].sort_values([*GROUP])
-    ref = ref[ref["metric"] == metric]
-    if sel.empty:
-        raise ValueError(f"data_efficiency_plot: no lp/ft results for {dataset}/{label}/{metric}")
-
-    # series: (legend, colour, setting, dashed, [(fraction, value, std)])
-    models = {m: _clean_text(g["paper_model"]).iloc[0] for m, g in sel.groupby("model", sort=True)}
-    order = _model_order(models)
-    protocols = sorted(set(sel["protocol"]))
-    series = []
-    for i, model in enumerate(order):
-        colour = _PALETTE[i % len(_PALETTE)]
-        for setting in _PLOT_SETTINGS:
-            for prot in protocols:
-                g = sel[(sel["model"] == model) & (sel["setting"] == setting) & (sel["protocol"] == prot)]
-                g = g[np.isfinite(g["mean"])]
-                if len(g):
-                    name = f"{model} {setting}" + (f" ({prot})" if len(protocols) > 1 else "")
-                    pts = list(zip(g["data_frac"], g["mean"], g["std"], strict=True))
-                    series.append((name, colour, setting, False, pts))
-            pm = models[model]
-            r = ref[(ref["paper_model"] == pm) & (ref["setting"] == setting)].sort_values("data_frac")
-            if pm and len(r):
-                pts = [(f, v, NAN) for f, v in zip(r["data_frac"], r["paper_value"], strict=True)]
-                series.append((f"paper {pm} {setting}", colour, setting, True, pts))
-
-    baseline = float(sel["majority_baseline"].mean()) if sel["majority_baseline"].notna().any() else NAN
-    values = [baseline] if math.isfinite(baseline) else []
-    values += [v + s * sgn for *_, pts in series for _, v, s in pts for sgn in (-1, 1) if math.isfinite(s)]
-    values += [v for *_, pts in series for _, v, _ in pts]
-    lo, hi = min(values), max(values)
-    lo = max(0.0, math.floor((lo - 0.02) * 20) / 20)
-    hi = min(1.0, math.ceil((hi + 0.02) * 20) / 20)
-    if hi - lo < 0.1:
-        lo, hi = max(0.0, lo - 0.05), min(1.0, hi + 0.05)
-
-    width, height = size
-    try:
-        font = ImageFont.load_default(size=14)
-        small = ImageFont.load_default(size=12)
-    except (TypeError, OSError):  # Pillow without FreeType: fixed bitmap font
-        font = small = ImageFont.load_default()
-    img = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    left, right, top, bottom = 110, width - 250, 60, height - 70
-    black, grey = (0, 0, 0), (220, 220, 220)
-
-    def px(fraction: float) -> float:
-        return left + (fraction - 0.0) / 1.0 * (right - left)
-
-    def py(value: float) -> float:
-        return bottom - (value - lo) / (hi - lo) * (bottom - top)
-
-    n_ticks = round((hi - lo) / 0.05)
-    step = 0.05 if n_ticks <= 10 else 0.1
-    tick = lo
-    while tick <= hi + 1e-9:
-        y = py(tick)
-        draw.line([(left, y), (right, y)], fill=grey, width=1)
-        draw.text((left - 8, y), f"{tick:.2f}", fill=black, font=small, anchor="rm")
-        tick += step
-    fractions = sorted({f for *_, pts in series for f, _, _ in pts} | {0.1, 0.5, 1.0})
-    for f in fractions:
-        draw.line([(px(f), bottom), (px(f), bottom + 5)], fill=black, width=1)
-        draw.text((px(f), bottom + 8), f"{f * 100:g}%", fill=black, font=small, anchor="mt")
-    draw.rectangle([left, top, right, bottom], outline=black, width=1)
-    title = f"{dataset} {label}: {metric_name(metric)} vs training data fraction"
-    draw.text(((left + right) / 2, 18), title, fill=black, font=font, anchor="mt")
-    sub = ", ".join(f"{p} protocol" for p in protocols)
-    draw.text(((left + right) / 2, 38), sub, fill=black, font=small, anchor="mt")
-    draw.text(((left + right) / 2, height - 25), "training data fraction", fill=black, font=font, anchor="mm")
-    draw.text((8, (top + bottom) / 2), metric_name(metric), fill=black, font=font, anchor="lm")
-
-    if math.isfinite(baseline):
-        _dashed(draw, [(left, py(baseline)), (right, py(baseline))], (120, 120, 120), 1, dash=3, gap=4)
-        draw.text(
-            (right - 4, py(baseline) - 3), "majority baseline", fill=(90, 90, 90), font=small, anchor="rb"
-        )
-    for _name, colour, setting, dashed, pts in series:
-        xy = [(px(f), py(v)) for f, v, _ in pts]
-        if dashed:
-            _dashed(draw, xy, colour, 2)
-        elif len(xy) > 1:
-            draw.line(xy, fill=colour, width=2)
-        for f, v, s in pts:
-            if math.isfinite(s) and s > 0:
-                x = px(f)
-                draw.line([(x, py(v - s)), (x, py(v + s))], fill=colour, width=1)
-                draw.line([(x - 4, py(v - s)), (x + 4, py(v - s))], fill=colour, width=1)
-                draw.line([(x - 4, py(v + s)), (x + 4, py(v + s))], fill=colour, width=1)
-        for x, y in xy:
-            _marker(draw, x, y, setting, colour, hollow=dashed)
-
-    ly = top
-    for name, colour, setting, dashed, _ in series:
-        x0, x1 = right + 15, right + 50
-        if dashed:
-            _dashed(draw, [(x0, ly + 7), (x1, ly + 7)], colour, 2, dash=6, gap=4)
-        else:
-            draw.line([(x0, ly + 7), (x1, ly + 7)], fill=colour, width=2)
-        _marker(draw, (x0 + x1) / 2, ly + 7, setting, colour, hollow=dashed, r=4)
-        draw.text((x1 + 6, ly + 7), name, fill=black, font=small, anchor="lm")
-        ly += 20
-
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        img.save(tmp, format="PNG", optimize=False, compress_level=9)
-    return out

@@ -1,9 +1,16 @@
-"""The detection report's figures: FROC curves and a panel of test images with their boxes (matplotlib).
+"""The report's figures (matplotlib): data efficiency, ROC curves, FROC curves and image panels.
 
-Why: the detection table (:func:`mammoclip.paper_tables.detection_table`) gives AP@0.5 and the FROC points
-as numbers; the Snakemake report also shows the curves they come from and what the detector finds on test
-images (docs/upstream.md#detection).
+Why: the tables (:mod:`mammoclip.paper_tables`) give the numbers; the Snakemake report also shows them as a
+paper would, with their intervals, and the curves and images they come from (docs/upstream.md#evaluation,
+docs/upstream.md#detection).
 
+* :func:`efficiency_plot` (:func:`efficiency_data` -> :func:`efficiency_figure`): one (dataset, label,
+  protocol)'s metric against the fraction of training data: our linear probe and finetune with their
+  intervals, the paper's values for the same settings (hollow markers, dashed), our zero-shot as a
+  horizontal line with its interval as a band (the paper's dashed) and, for accuracy, the majority-class
+  baseline (grey, dotted).
+* :func:`roc_plot` (:func:`roc_figure`): ROC curves with their AUROC in the legend and the chance
+  diagonal, from :func:`mammoclip.evaluate.roc.roc_curves`.
 * :func:`froc_plot` (:func:`froc_figure`): sensitivity vs false positives per image on a log axis from
   0.125 to 8, one line per (label, setting, data fraction) (and per model when several are given), with
   the FROC points (0.125, 0.25, 0.5, 1, 2, 4 FP/image; the CPM's) marked.
@@ -13,7 +20,9 @@ images (docs/upstream.md#detection).
 Figures are built with matplotlib's object-oriented API on the Agg canvas (no pyplot, no display, no global
 figure state) under matplotlib's default style, so a user's matplotlibrc does not change them; sizes and
 dpi are fixed and the PNGs carry no metadata (no software version, no date), so the same inputs give the
-same bytes. Files are written through :func:`mammoclip.io.atomic_path`.
+same bytes. Files are written through :func:`mammoclip.io.atomic_path`. What a figure draws is computed
+first as a DataFrame by a pure function (:func:`efficiency_data`, :func:`mammoclip.evaluate.roc.roc_curves`),
+so tests check values, not pixels.
 """
 
 from __future__ import annotations
@@ -22,24 +31,33 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import matplotlib.style
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from mammoclip.evaluate.detection import FPS_PER_IMAGE
 from mammoclip.io import atomic_path
+from mammoclip.paper_tables import PAPER_MODELS, metric_name
 
 __all__ = [
     "DPI",
+    "EFFICIENCY_COLUMNS",
+    "EFFICIENCY_SIZE",
     "FROC_SIZE",
     "PANEL_CELL",
+    "SETTING_COLOURS",
     "detection_panel",
     "detection_panel_figure",
+    "efficiency_data",
+    "efficiency_figure",
+    "efficiency_plot",
     "froc_figure",
     "froc_plot",
     "panel_size",
@@ -308,3 +326,269 @@ def detection_panel(
     """PNG of test images with ground-truth (green) and detected (orange, with score) boxes:
     :func:`detection_panel_figure`; :func:`panel_size` gives its pixel size."""
     return _save(detection_panel_figure(items, title=title, max_images=max_images), path)
+
+
+# ------------------------------------------------------------------------------------------ data efficiency
+
+#: the settings drawn against the data fraction, and the reference line
+_CURVE_SETTINGS = ("lp", "ft")
+_SETTING_LABELS = {"zs": "zero-shot", "lp": "linear probe", "ft": "finetune"}
+#: one colour per setting, shared by the efficiency and ROC figures
+SETTING_COLOURS = {"zs": "#2ca02c", "lp": "#1f77b4", "ft": "#ff7f0e"}
+_BASELINE_COLOUR = "0.45"
+_MODEL_MARKERS = ("o", "s", "^", "D", "v", "P")
+#: efficiency and ROC figure size in inches (900 x 600 pixels at :data:`DPI`); the legend is right of the axes
+EFFICIENCY_SIZE = (9.0, 6.0)
+ROC_SIZE = (9.0, 6.0)
+#: how an interval was obtained, as the legends say it
+BOOTSTRAP_INTERVAL = "95 % bootstrap CI"
+SD_INTERVAL = "mean ± 1 s.d. over runs"
+#: the columns of :func:`efficiency_data`
+EFFICIENCY_COLUMNS = ["series", "source", "setting", "model", "x", "y", "low", "high", "interval", "n_runs"]
+
+
+def _efficiency_metric(ours: pd.DataFrame, paper: pd.DataFrame) -> str:
+    """The paper's metric for the label when we have it (density: accuracy, not macro F1), else the only
+    metric of our runs."""
+    metrics = sorted(set(ours["metric"]))
+    reported = [m for m in dict.fromkeys(paper["metric"]) if m in metrics]
+    if reported:
+        return reported[0]
+    if len(metrics) == 1:
+        return metrics[0]
+    raise ValueError(f"efficiency_data: choose metric= among {metrics}")
+
+
+def _interval(row: pd.Series) -> tuple[float, float, str]:
+    """``(low, high, kind)`` of one aggregated cell, as the classification table reports it: a single run's
+    bootstrap interval, else mean ± one sample standard deviation over the runs, else none."""
+    if row["n_runs"] == 1 and np.isfinite(row["value_low"]) and np.isfinite(row["value_high"]):
+        return float(row["value_low"]), float(row["value_high"]), BOOTSTRAP_INTERVAL
+    if row["n"] >= 2 and np.isfinite(row["std"]):
+        return float(row["mean"] - row["std"]), float(row["mean"] + row["std"]), SD_INTERVAL
+    return math.nan, math.nan, ""
+
+
+def _models(ours: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(model, paper_model)`` pairs, in the paper's column order, then by name."""
+    pairs = {
+        (str(m), str(pm) if isinstance(pm, str) else "")
+        for m, pm in ours[["model", "paper_model"]].itertuples(index=False)
+    }
+    return sorted(pairs, key=lambda p: (PAPER_MODELS.index(p[1]) if p[1] in PAPER_MODELS else 99, p[0]))
+
+
+def efficiency_data(
+    aggregated: pd.DataFrame,
+    paper: pd.DataFrame | None = None,
+    *,
+    dataset: str,
+    label: str,
+    protocol: str,
+    metric: str | None = None,
+) -> pd.DataFrame:
+    """What :func:`efficiency_figure` draws for one (dataset, label, protocol), one row per point.
+
+    ``aggregated``: :func:`mammoclip.paper_tables.aggregate_runs`; ``paper``:
+    :func:`mammoclip.paper_tables.read_paper_results` (or None). ``metric`` defaults to the paper's metric
+    of the label, else the only one present. Columns :data:`EFFICIENCY_COLUMNS`:
+
+    * ``source`` ``ours``: ``setting`` ``lp``/``ft`` per data fraction ``x``, ``y`` the mean over runs;
+      ``low``/``high`` a single run's 95 % bootstrap interval or, over several folds/seeds, mean ± one sample
+      standard deviation (what the table reports; ``interval`` says which); ``setting`` ``zs``: our
+      zero-shot, a reference line (``x`` NaN) with its interval.
+    * ``source`` ``paper``: the published values of each model's ``paper_model`` for ``lp``, ``ft`` and
+      ``zs`` (no interval).
+    * ``source`` ``baseline``: the majority-class baseline of our runs (accuracy only), a line (``x`` NaN).
+
+    ``series`` is the legend name (the model is named only when several are plotted). Raises
+    ``ValueError`` without a linear probe or finetune result of the metric.
+    """
+    ours = aggregated[
+        (aggregated["dataset"] == dataset)
+        & (aggregated["label"] == label)
+        & (aggregated["protocol"] == protocol)
+        & aggregated["setting"].isin([*_CURVE_SETTINGS, "zs"])
+    ]
+    if paper is None:
+        paper = pd.DataFrame(columns=["dataset", "label", "metric", "setting", "data_frac", "paper_model"])
+    ref = paper[(paper["dataset"] == dataset) & (paper["label"] == label)]
+    ref = ref[ref["setting"].isin([*_CURVE_SETTINGS, "zs"])]
+    curves = ours[ours["setting"].isin(_CURVE_SETTINGS)]
+    if curves.empty:
+        raise ValueError(f"efficiency_data: no lp/ft results for {dataset}/{label} ({protocol})")
+    metric = metric or _efficiency_metric(curves, ref)
+    ours, ref = ours[ours["metric"] == metric], ref[ref["metric"] == metric]
+    if not ours["setting"].isin(_CURVE_SETTINGS).any():
+        raise ValueError(f"efficiency_data: no lp/ft results for {dataset}/{label}/{metric} ({protocol})")
+
+    models = _models(ours)
+    rows: list[dict] = []
+    for model, _ in models:
+        prefix = "ours" if len(models) == 1 else model
+        for setting in (*_CURVE_SETTINGS, "zs"):
+            cells = ours[(ours["model"] == model) & (ours["setting"] == setting)].sort_values("data_frac")
+            for _, cell in cells[np.isfinite(cells["mean"])].iterrows():
+                low, high, kind = _interval(cell)
+                rows.append(
+                    {
+                        "series": f"{prefix}, {_SETTING_LABELS[setting]}",
+                        "source": "ours",
+                        "setting": setting,
+                        "model": model,
+                        "x": math.nan if setting == "zs" else float(cell["data_frac"]),
+                        "y": float(cell["mean"]),
+                        "low": low,
+                        "high": high,
+                        "interval": kind,
+                        "n_runs": int(cell["n_runs"]),
+                    }
+                )
+    # the paper's values, once per paper model (two of our models may be compared with the same one)
+    for paper_model in dict.fromkeys(pm for _, pm in models if pm):
+        for setting in (*_CURVE_SETTINGS, "zs"):
+            published = ref[(ref["paper_model"] == paper_model) & (ref["setting"] == setting)]
+            for _, cell in published.sort_values("data_frac").iterrows():
+                rows.append(
+                    {
+                        "series": f"paper {paper_model}, {_SETTING_LABELS[setting]}",
+                        "source": "paper",
+                        "setting": setting,
+                        "model": paper_model,
+                        "x": math.nan if setting == "zs" else float(cell["data_frac"]),
+                        "y": float(cell["paper_value"]),
+                        "low": math.nan,
+                        "high": math.nan,
+                        "interval": "",
+                        "n_runs": 0,
+                    }
+                )
+    # the baseline of the classifiers' evaluation (always predicting the training majority class)
+    baseline = ours.loc[ours["setting"].isin(_CURVE_SETTINGS), "majority_baseline"].dropna()
+    if len(baseline):
+        rows.append(
+            {
+                "series": "majority-class baseline",
+                "source": "baseline",
+                "setting": "majority",
+                "model": "",
+                "x": math.nan,
+                "y": float(baseline.mean()),
+                "low": math.nan,
+                "high": math.nan,
+                "interval": "",
+                "n_runs": 0,
+            }
+        )
+    data = pd.DataFrame(rows, columns=EFFICIENCY_COLUMNS)
+    data.attrs.update(dataset=dataset, label=label, protocol=protocol, metric=metric)
+    return data
+
+
+def _series_label(points: pd.DataFrame) -> str:
+    """Legend text: the series and how its intervals were obtained (and over how many runs)."""
+    kinds = []
+    for kind in dict.fromkeys(k for k in points["interval"] if k):
+        runs = sorted(set(points.loc[points["interval"] == kind, "n_runs"]))
+        kinds.append(f"{kind}, n = {'/'.join(map(str, runs))}" if kind == SD_INTERVAL else kind)
+    return points["series"].iloc[0] + (f" ({'; '.join(kinds)})" if kinds else "")
+
+
+def _y_limits(data: pd.DataFrame) -> tuple[float, float]:
+    values = data[["y", "low", "high"]].to_numpy(np.float64).ravel()
+    values = values[np.isfinite(values)]
+    low = max(0.0, math.floor((values.min() - 0.03) * 20) / 20)
+    high = min(1.0, math.ceil((values.max() + 0.03) * 20) / 20)
+    return (low, high) if high - low >= 0.2 else (max(0.0, high - 0.2), max(high, 0.2))
+
+
+def _reference_line(ax: Axes, points: pd.DataFrame) -> Any:
+    """Zero-shot (ours solid with its interval as a band, the paper's dashed) or the majority baseline;
+    returns the legend handle (line and band together)."""
+    y, low, high = (float(points[c].iloc[0]) for c in ("y", "low", "high"))
+    if points["source"].iloc[0] == "baseline":
+        return ax.axhline(y, color=_BASELINE_COLOUR, linestyle=":", linewidth=1.6)
+    colour = SETTING_COLOURS["zs"]
+    line = ax.axhline(y, color=colour, linestyle="--" if points["source"].iloc[0] == "paper" else "-")
+    if math.isfinite(low) and math.isfinite(high):
+        return (ax.axhspan(low, high, color=colour, alpha=0.12, linewidth=0), line)
+    return line
+
+
+def _curve(ax: Axes, points: pd.DataFrame, marker: str) -> Any:
+    """Metric vs fraction: ours solid with filled markers and error bars, the paper's dashed and hollow;
+    returns the legend handle."""
+    setting, paper = points["setting"].iloc[0], points["source"].iloc[0] == "paper"
+    colour = SETTING_COLOURS[setting]
+    # lp and ft at the same fraction side by side, so their bars do not overlap
+    x = points["x"].to_numpy(np.float64) + {"lp": -0.012, "ft": 0.012}[setting]
+    y, low, high = (points[c].to_numpy(np.float64) for c in ("y", "low", "high"))
+    (line,) = ax.plot(
+        x,
+        y,
+        linestyle="--" if paper else "-",
+        marker=marker,
+        markersize=7,
+        markerfacecolor="white" if paper else colour,
+        color=colour,
+        linewidth=1.6,
+        zorder=3,
+    )
+    bars = np.isfinite(low) & np.isfinite(high)
+    if bars.any():
+        error = np.vstack([y[bars] - low[bars], high[bars] - y[bars]])
+        ax.errorbar(x[bars], y[bars], yerr=error, fmt="none", ecolor=colour, capsize=4, zorder=2)
+    return line
+
+
+def efficiency_figure(data: pd.DataFrame, *, title: str) -> Figure:
+    """The figure of :func:`efficiency_plot` (not saved) from :func:`efficiency_data`.
+
+    Ours: solid lines in the setting's colour (:data:`SETTING_COLOURS`), filled markers (one shape per
+    model), error bars of the interval; the paper's values: dashed, hollow markers of the same colour; lp
+    and ft points at the same fraction are drawn slightly apart. Zero-shot: a horizontal line and its
+    interval as a light band (the paper's dashed); majority-class baseline: grey, dotted. The legend,
+    outside the axes, names each series and how its interval was obtained.
+    """
+    with matplotlib.style.context("default"):
+        figure = _new_figure(EFFICIENCY_SIZE)
+        ax = figure.add_axes((0.08, 0.1, 0.52, 0.8))
+        models = list(dict.fromkeys(data.loc[data["source"] == "ours", "model"]))
+        handles, names = [], []
+        for _, points in data.groupby("series", sort=False):
+            if points["setting"].iloc[0] in _CURVE_SETTINGS:
+                model = points["model"].iloc[0]
+                index = models.index(model) if model in models else 0
+                handles.append(_curve(ax, points, _MODEL_MARKERS[index % len(_MODEL_MARKERS)]))
+            else:
+                handles.append(_reference_line(ax, points))
+            names.append(_series_label(points))
+        fractions = sorted({0.1, 0.5, 1.0} | set(data["x"].dropna()))
+        ax.set_xticks(fractions, [f"{f * 100:g} %" for f in fractions])
+        ax.set_xlim(0.0, 1.08)
+        if len(data):
+            ax.set_ylim(*_y_limits(data))
+        ax.set_xlabel("training data (fraction of the training part)")
+        ax.set_ylabel(metric_name(data.attrs.get("metric", "")))
+        ax.grid(True, color="0.9", linewidth=0.8)
+        ax.set_title(title, fontsize=11)
+        if handles:
+            ax.legend(handles, names, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    return figure
+
+
+def efficiency_plot(
+    aggregated: pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    dataset: str,
+    label: str,
+    protocol: str,
+    paper: pd.DataFrame | None = None,
+    metric: str | None = None,
+) -> Path:
+    """PNG (900 x 600 pixels) of one label's metric against the training-data fraction under one protocol:
+    :func:`efficiency_data` drawn by :func:`efficiency_figure`."""
+    data = efficiency_data(aggregated, paper, dataset=dataset, label=label, protocol=protocol, metric=metric)
+    title = f"{dataset} {label}: {metric_name(data.attrs['metric'])} vs training data ({protocol} protocol)"
+    return _save(efficiency_figure(data, title=title), path)

@@ -705,12 +705,12 @@ def classification_table(
     zero-shot files. Returns the table."""
     from mammoclip.paper_tables import (
         aggregate_runs,
-        data_efficiency_plot,
         paper_table,
         read_paper_results,
         runs_from_results,
         write_table_files,
     )
+    from mammoclip.plots import efficiency_plot
 
     out_stem = Path(markdown).with_suffix("")
     if Path(csv) != out_stem.with_name(out_stem.name + ".csv"):
@@ -742,7 +742,7 @@ def classification_table(
     write_table_files(table, out_stem, caption="Classification")
     for path in plots:
         label = Path(path).stem.removeprefix("efficiency_")
-        data_efficiency_plot(
+        efficiency_plot(
             aggregated, path, dataset=plot_datasets[label], label=label, paper=paper, protocol=protocol
         )
     return table

@@ -1,4 +1,5 @@
-"""mammoclip.plots: FROC curves and detection panels (matplotlib): sizes, contents, reproducible bytes."""
+"""mammoclip.plots: data-efficiency plots, FROC curves and detection panels (matplotlib): the data they
+draw, sizes, contents, reproducible bytes."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import pytest
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from mammoclip.paper_tables import aggregate_runs, read_paper_results
 from mammoclip.plots import (
+    SETTING_COLOURS,
     detection_panel,
     detection_panel_figure,
+    efficiency_data,
+    efficiency_figure,
+    efficiency_plot,
     froc_figure,
     froc_plot,
     panel_size,
@@ -169,3 +175,180 @@ def test_detection_panel_png(items, tmp_path):
     bad = [{**items[0], "scores": np.array([0.9])}]
     with pytest.raises(ValueError, match="scores"):
         detection_panel_figure(bad, title="Mass")
+
+
+# ---- data efficiency ------------------------------------------------------------------------------------
+
+PAPER_CSV = """\
+dataset,task,label,metric,setting,data_frac,mc_enb2,mc_enb5
+vindr,classification,Mass,auroc,zs,1.0,0.58,0.48
+vindr,classification,Mass,auroc,lp,0.1,0.69,0.73
+vindr,classification,Mass,auroc,lp,0.5,0.72,0.78
+vindr,classification,Mass,auroc,lp,1.0,0.73,0.79
+vindr,classification,Mass,auroc,ft,1.0,0.85,0.85
+vindr,classification,density,accuracy,zs,1.0,0.13,0.15
+vindr,classification,density,accuracy,lp,1.0,0.84,0.85
+rsna,classification,cancer,auroc,zs,1.0,0.60,0.62
+"""
+
+
+def _run(
+    label, setting, frac, value, *, metric="auroc", fold=0, protocol="clean", low=np.nan, high=np.nan, **kw
+):
+    return {
+        "dataset": "vindr",
+        "label": label,
+        "metric": metric,
+        "setting": setting,
+        "data_frac": frac,
+        "model": "mammoclip",
+        "paper_model": "mc_enb5",
+        "protocol": protocol,
+        "fold": fold,
+        "seed": 10,
+        "value": value,
+        "value_low": low,
+        "value_high": high,
+        **kw,
+    }
+
+
+@pytest.fixture
+def aggregated():
+    """A hand-made classification run table, aggregated as the classification_table stage does."""
+    runs = [
+        _run("Mass", "zs", 1.0, 0.60, low=0.50, high=0.70),
+        # two folds: mean 0.72 ± s.d. 0.0283 (the table's mean ± std)
+        _run("Mass", "lp", 0.1, 0.70, fold=0, low=0.6, high=0.8),
+        _run("Mass", "lp", 0.1, 0.74, fold=1, low=0.6, high=0.8),
+        # single runs keep their bootstrap interval
+        _run("Mass", "lp", 1.0, 0.80, low=0.75, high=0.85),
+        _run("Mass", "ft", 1.0, 0.84, low=0.79, high=0.90),
+        # another protocol must not leak in
+        _run("Mass", "lp", 1.0, 0.10, protocol="paper", low=0.0, high=0.2),
+        # density: accuracy (the paper's metric) and macro F1, majority baseline
+        _run("density", "zs", 1.0, 0.30, metric="accuracy", low=0.2, high=0.4, majority_baseline=0.4),
+        _run("density", "lp", 1.0, 0.55, metric="accuracy", low=0.45, high=0.65, majority_baseline=0.5),
+        _run("density", "lp", 1.0, 0.35, metric="macro_f1", low=0.25, high=0.45),
+    ]
+    return aggregate_runs(pd.DataFrame(runs))
+
+
+@pytest.fixture
+def paper(tmp_path):
+    path = tmp_path / "paper-results.csv"
+    path.write_text(PAPER_CSV)
+    return read_paper_results(path)
+
+
+def _point(data, series, x=None):
+    rows = data[data["series"] == series]
+    if x is not None:
+        rows = rows[np.isclose(rows["x"], x)]
+    assert len(rows) == 1, (series, x)
+    return rows.iloc[0]
+
+
+def test_efficiency_data_values_intervals_and_paper(aggregated, paper):
+    data = efficiency_data(aggregated, paper, dataset="vindr", label="Mass", protocol="clean")
+    assert data.attrs["metric"] == "auroc"
+    assert list(dict.fromkeys(data["series"])) == [
+        "ours, linear probe",
+        "ours, finetune",
+        "ours, zero-shot",
+        "paper mc_enb5, linear probe",
+        "paper mc_enb5, finetune",
+        "paper mc_enb5, zero-shot",
+    ]
+    lp = data[data["series"] == "ours, linear probe"]
+    assert lp["x"].tolist() == [0.1, 1.0] and lp["y"].tolist() == pytest.approx([0.72, 0.80])
+    two_folds = _point(data, "ours, linear probe", 0.1)
+    sd = np.std([0.70, 0.74], ddof=1)
+    assert (two_folds["low"], two_folds["high"]) == pytest.approx((0.72 - sd, 0.72 + sd))
+    assert two_folds["interval"] == "mean ± 1 s.d. over runs" and two_folds["n_runs"] == 2
+    single = _point(data, "ours, linear probe", 1.0)
+    assert (single["low"], single["high"], single["interval"]) == (0.75, 0.85, "95 % bootstrap CI")
+    finetune = _point(data, "ours, finetune", 1.0)
+    assert (finetune["y"], finetune["low"], finetune["high"]) == (0.84, 0.79, 0.90)
+    # zero-shot: a reference line (no x) with its interval
+    zs = _point(data, "ours, zero-shot")
+    assert np.isnan(zs["x"]) and (zs["y"], zs["low"], zs["high"]) == (0.60, 0.50, 0.70)
+    # the paper's values of the model's paper column (mc_enb5, not mc_enb2), without intervals
+    published = data[data["source"] == "paper"]
+    curves = published[published["setting"] != "zs"]
+    assert curves.set_index(["setting", "x"])["y"].to_dict() == {
+        ("lp", 0.1): 0.73,
+        ("lp", 0.5): 0.78,
+        ("lp", 1.0): 0.79,
+        ("ft", 1.0): 0.85,
+    }
+    assert _point(data, "paper mc_enb5, zero-shot")["y"] == 0.48
+    assert published[["low", "high"]].isna().all().all()
+    # no majority baseline for AUROC; without the paper's values only our series remain
+    assert "baseline" not in set(data["source"])
+    alone = efficiency_data(aggregated, None, dataset="vindr", label="Mass", protocol="clean")
+    assert set(alone["source"]) == {"ours"} and len(alone) == 4
+    # the other protocol's run is its own plot
+    other = efficiency_data(aggregated, paper, dataset="vindr", label="Mass", protocol="paper")
+    assert _point(other, "ours, linear probe", 1.0)["y"] == 0.10
+    assert "ours, zero-shot" not in set(other["series"])
+
+
+def test_efficiency_data_density_accuracy_and_majority_baseline(aggregated, paper):
+    data = efficiency_data(aggregated, paper, dataset="vindr", label="density", protocol="clean")
+    assert data.attrs["metric"] == "accuracy"  # the paper's metric, not macro F1
+    assert _point(data, "ours, linear probe", 1.0)["y"] == 0.55
+    # the classifiers' baseline (the training majority class), not the zero-shot row's
+    assert _point(data, "majority-class baseline")["y"] == 0.5
+    assert _point(data, "paper mc_enb5, zero-shot")["y"] == 0.15
+    with pytest.raises(ValueError, match="metric"):
+        efficiency_data(aggregated, None, dataset="vindr", label="density", protocol="clean")
+    macro = efficiency_data(
+        aggregated, None, dataset="vindr", label="density", protocol="clean", metric="macro_f1"
+    )
+    assert macro["y"].tolist() == [0.35] and "baseline" not in set(macro["source"])
+    with pytest.raises(ValueError, match="no lp/ft results"):
+        efficiency_data(aggregated, paper, dataset="rsna", label="cancer", protocol="clean")
+
+
+def test_efficiency_figure_draws_each_series(aggregated, paper):
+    data = efficiency_data(aggregated, paper, dataset="vindr", label="density", protocol="clean")
+    figure = efficiency_figure(data, title="density")
+    ax = figure.axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [
+        "ours, linear probe (95 % bootstrap CI)",
+        "ours, zero-shot (95 % bootstrap CI)",
+        "paper mc_enb5, linear probe",
+        "paper mc_enb5, zero-shot",
+        "majority-class baseline",
+    ]
+    curves = {
+        (line.get_linestyle(), line.get_markerfacecolor()) for line in ax.lines if len(line.get_xdata()) == 1
+    }
+    lp = SETTING_COLOURS["lp"]
+    assert ("-", lp) in curves and ("--", "white") in curves  # ours filled, the paper's hollow and dashed
+    horizontal = [line for line in ax.lines if list(line.get_xdata()) == [0, 1]]
+    assert sorted((line.get_ydata()[0], line.get_linestyle()) for line in horizontal) == [
+        (0.15, "--"),
+        (0.3, "-"),
+        (0.5, ":"),
+    ]
+    # the zero-shot interval is a band; the lp interval an error bar from 0.45 to 0.65
+    assert len(ax.patches) == 1
+    (bars,) = ax.collections
+    assert np.allclose(bars.get_segments()[0][:, 1], [0.45, 0.65])
+    assert ax.get_xlabel().startswith("training data") and ax.get_ylabel() == "accuracy"
+
+
+def test_efficiency_plot_png_is_reproducible(aggregated, paper, tmp_path):
+    kwargs = {"dataset": "vindr", "label": "Mass", "protocol": "clean", "paper": paper}
+    a = efficiency_plot(aggregated, tmp_path / "a.png", **kwargs)
+    b = efficiency_plot(aggregated.copy(), tmp_path / "b.png", **kwargs)
+    data = a.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and data == b.read_bytes()
+    assert b"Software" not in data and b"tIME" not in data
+    with Image.open(a) as img:
+        assert img.size == (900, 600)
+    c = efficiency_plot(aggregated, tmp_path / "c.png", dataset="vindr", label="Mass", protocol="clean")
+    assert c.read_bytes() != data  # without the paper's values

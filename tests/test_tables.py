@@ -1,4 +1,5 @@
-"""mammoclip.paper_tables: per-run metrics -> the paper's tables (Markdown/CSV) and data-efficiency plots."""
+"""mammoclip.paper_tables: per-run metrics -> the paper's tables (Markdown/CSV) (the data-efficiency plots:
+tests/test_plots.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import pytest
 from mammoclip.paper_tables import (
     aggregate_runs,
     caption_for,
-    data_efficiency_plot,
     detection_table,
     paper_table,
     read_paper_results,
@@ -335,47 +335,6 @@ def test_write_table_files_is_deterministic(table, tmp_path):
     # a table read back from CSV (attrs lost) renders the same Markdown
     back.attrs = {}
     assert to_markdown(back, caption="VinDr") == to_markdown(table, caption="VinDr")
-
-
-# ------------------------------------------------------------------------------------------------ plotting
-
-
-def test_data_efficiency_plot(runs, paper, tmp_path):
-    from PIL import Image
-
-    agg = aggregate_runs(runs)
-    a = data_efficiency_plot(
-        agg, tmp_path / "a.png", dataset="vindr", label="Mass", paper=paper, protocol="paper"
-    )
-    b = data_efficiency_plot(
-        agg, tmp_path / "b.png", dataset="vindr", label="Mass", paper=paper, protocol="paper"
-    )
-    data = a.read_bytes()
-    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
-    assert data == b.read_bytes()
-    assert b"tIME" not in data and b"tEXt" not in data
-    with Image.open(a) as img:
-        assert img.size == (900, 600)
-        pixels = np.asarray(img.convert("RGB"))
-    # the mammoclip series (first palette colour after mc_enb2's) and the dashed paper line are drawn
-    colours = {tuple(p) for p in pixels.reshape(-1, 3)[::7].tolist()}
-    assert (31, 119, 180) in colours and (214, 39, 40) in colours
-    # without the paper's values the picture differs (no dashed reference lines)
-    c = data_efficiency_plot(agg, tmp_path / "c.png", dataset="vindr", label="Mass", protocol="paper")
-    assert c.read_bytes() != data
-    # density: the paper's metric (accuracy) is chosen over macro F1
-    d = data_efficiency_plot(agg, tmp_path / "d.png", dataset="vindr", label="density", paper=paper)
-    assert d.stat().st_size > 1000
-
-    def grey_pixels(path):  # the majority-baseline line is (120, 120, 120)
-        with Image.open(path) as img:
-            return int((np.asarray(img.convert("RGB")) == 120).all(axis=-1).sum())
-
-    assert grey_pixels(d) > 150 > grey_pixels(a)
-    with pytest.raises(ValueError, match="metric"):
-        data_efficiency_plot(agg, tmp_path / "e.png", dataset="vindr", label="density")
-    with pytest.raises(ValueError, match="no lp/ft results"):
-        data_efficiency_plot(agg, tmp_path / "f.png", dataset="rsna", label="cancer", paper=paper)
 
 
 # ---------------------------------------------------------------------------------------------- detection
