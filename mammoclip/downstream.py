@@ -36,6 +36,7 @@ from mammoclip.runs import MODES
 __all__ = [
     "MODES",
     "label_table",
+    "primary_predictions",
     "run_metrics",
     "run_parts",
     "train_run",
@@ -179,6 +180,21 @@ def _metric_row(metric: str, level: str, values: Mapping[str, Any], name: str) -
     }
 
 
+def primary_predictions(
+    predictions: pd.DataFrame, *, dataset: str, protocol: str
+) -> tuple[pd.DataFrame, str]:
+    """The rows a binary run's primary AUROC is computed on, and their level.
+
+    ``predictions``: the report part's ``patient_id, laterality, label, probability``. Datasets evaluated
+    per breast (registry ``breast_level``, RSNA) give one row per patient and laterality (mean probability,
+    label any positive image, as upstream); the others the rows as predicted (VinDr: ``finding rows`` under
+    ``paper``, ``image`` under ``clean``).
+    """
+    if registry.get_dataset(dataset).breast_level:
+        return aggregate_by(predictions, ["patient_id", "laterality"], "probability", "label"), "breast"
+    return predictions, "image" if protocol == "clean" else "finding rows"
+
+
 def run_metrics(
     report: pd.DataFrame,
     probs: np.ndarray,
@@ -202,7 +218,6 @@ def run_metrics(
     rows = []
     if n_classes == 1:
         predictions["probability"] = np.asarray(probs, dtype=np.float64).reshape(-1)
-        level = "image" if protocol == "clean" else "finding rows"
 
         def auroc(frame: pd.DataFrame) -> dict:
             # intervals resample whole patients
@@ -210,12 +225,10 @@ def run_metrics(
                 frame["label"], frame["probability"], n_boot=n_boot, seed=seed, groups=frame["patient_id"]
             )
 
-        values = auroc(predictions)
-        if registry.get_dataset(dataset).breast_level:
-            rows.append({**_metric_row("auroc", "image", values, "auroc"), "primary": False})
-            values = auroc(aggregate_by(predictions, ["patient_id", "laterality"], "probability", "label"))
-            level = "breast"
-        rows.append({**_metric_row("auroc", level, values, "auroc"), "primary": True})
+        primary, level = primary_predictions(predictions, dataset=dataset, protocol=protocol)
+        if level == "breast":  # the per-image value too, not the one the paper's table shows
+            rows.append({**_metric_row("auroc", "image", auroc(predictions), "auroc"), "primary": False})
+        rows.append({**_metric_row("auroc", level, auroc(primary), "auroc"), "primary": True})
         baseline = np.nan
     else:
         probs = np.asarray(probs, dtype=np.float64).reshape(len(predictions), n_classes)

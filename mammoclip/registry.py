@@ -70,6 +70,9 @@ class DatasetEntry:
     zero_shot_tables: tuple[str, ...] = ()
     #: ``module.function``: ``fn(scores, **tables, seed=...) -> results``
     zero_shot_evaluator: str | None = None
+    #: ``module.function``: ``fn(scores, **tables) -> [EvaluationSet]``, the rows the evaluator's binary
+    #: AUROCs are computed on (:mod:`mammoclip.evaluate.zeroshot`; the report's ROC curves use them)
+    zero_shot_sets: str | None = None
     #: config key (dotted) listing the folds the clean protocol reports
     clean_folds_key: str | None = None
     #: config key (dotted) with the number of folds, used when the clean folds are empty (null)
@@ -279,6 +282,7 @@ register_dataset(
         classifier_split="mammoclip.registry.split_vindr_run",
         zero_shot_tables=("rows", "images"),
         zero_shot_evaluator="mammoclip.evaluate.zeroshot.evaluate_vindr",
+        zero_shot_sets="mammoclip.evaluate.zeroshot.vindr_sets",
         clean_folds_key="classify.vindr_clean_folds",
         detection_tables={"images": "images", "boxes": "boxes"},
         detection_folds_key="detect.folds",
@@ -303,6 +307,7 @@ register_dataset(
         breast_level=True,
         zero_shot_tables=("folds",),
         zero_shot_evaluator="mammoclip.evaluate.zeroshot.evaluate_rsna",
+        zero_shot_sets="mammoclip.evaluate.zeroshot.rsna_sets",
         clean_folds_key="classify.rsna_clean_folds",
         all_folds_key="annotations.rsna_folds",
     )

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mammoclip.downstream import label_table, run_metrics, run_parts
+from mammoclip.downstream import label_table, primary_predictions, run_metrics, run_parts
 from mammoclip.runs import RunKey
 from mammoclip.stages import classify
 
@@ -156,6 +156,13 @@ def test_binary_metrics_hand_computed_and_rsna_breast_level():
     # breast level: a/L mean 0.55 > b/L 0.2, c/R 0.45 -> 1.0
     assert breast["value"] == pytest.approx(1.0) and breast["primary"]
     assert predictions["probability"].tolist() == probs.tolist()
+    # the primary rows (the ROC curves' too): one per breast, mean probability, any positive image
+    breasts, level = primary_predictions(predictions, dataset="rsna", protocol="paper")
+    assert level == "breast" and breasts["probability"].tolist() == pytest.approx([0.55, 0.2, 0.45])
+    assert breasts["label"].tolist() == [1, 0, 0] and breasts["n_rows"].tolist() == [2, 2, 2]
+    rows, level = primary_predictions(predictions, dataset="vindr", protocol="paper")
+    assert level == "finding rows" and rows is predictions
+    assert primary_predictions(predictions, dataset="vindr", protocol="clean")[1] == "image"
 
 
 def test_density_accuracy_f1_and_training_majority_baseline():

@@ -89,8 +89,11 @@ def test_dataset_entries_are_complete_and_name_real_code(name, config):
         evaluate = inspect.signature(registry.resolve(entry.zero_shot_evaluator)).parameters
         assert set(entry.zero_shot_tables) <= set(evaluate) and "seed" in evaluate
         assert set(registry.zero_shot_tasks(name)) <= set(config["inference"]["prompts"])
+        # the ROC curves' sets read the evaluator's tables
+        sets = inspect.signature(registry.resolve(entry.zero_shot_sets)).parameters
+        assert set(sets) == {"scores", *entry.zero_shot_tables}
     else:
-        assert not entry.zero_shot_tables
+        assert not entry.zero_shot_tables and entry.zero_shot_sets is None
 
 
 def test_paths_of_the_annotation_tables():

@@ -2,8 +2,16 @@
 
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from mammoclip.evaluate.zeroshot import evaluate_rsna, evaluate_vindr, positive_scores
+from mammoclip.evaluate.zeroshot import (
+    evaluate_rsna,
+    evaluate_vindr,
+    positive_scores,
+    primary_set,
+    rsna_sets,
+    vindr_sets,
+)
 from mammoclip.inference import score_table
 
 
@@ -20,8 +28,7 @@ def test_positive_class_is_the_tasks_last_class():
         positive_scores(scores, "calc")
 
 
-def test_vindr_paper_counts_finding_rows_clean_counts_images():
-    scores = _scores("mass", ["no mass", "mass"], {"i1": 0.9, "i2": 0.6, "i3": 0.3, "i4": 0.1})
+def _vindr_tables():
     # i1 has two finding rows (a mass and a calcification): counted twice by the paper protocol,
     # once with Mass 0 - the row-level label conflict upstream's numbers include
     rows = pd.DataFrame(
@@ -41,6 +48,12 @@ def test_vindr_paper_counts_finding_rows_clean_counts_images():
             "patient_id": ["p1", "p2", "p3", "p4"],
         }
     )
+    return rows, images
+
+
+def test_vindr_paper_counts_finding_rows_clean_counts_images():
+    scores = _scores("mass", ["no mass", "mass"], {"i1": 0.9, "i2": 0.6, "i3": 0.3, "i4": 0.1})
+    rows, images = _vindr_tables()
     results = evaluate_vindr(scores, rows, images, n_boot=50).set_index("protocol")
     assert results.loc["paper", "n"] == 5 and results.loc["clean", "n"] == 4
     # paper: positives {0.9, 0.3} vs negatives {0.9, 0.6, 0.1}: (0.5 + 1 + 1 + 0 + 0 + 1) / 6
@@ -50,7 +63,7 @@ def test_vindr_paper_counts_finding_rows_clean_counts_images():
     assert set(results["level"]) == {"finding rows", "image"} and (results["setting"] == "zs").all()
 
 
-def test_rsna_paper_is_fold_0_per_image_clean_is_all_breasts():
+def _rsna_inputs():
     folds = pd.DataFrame(
         {
             "image_id": ["a", "b", "c", "d", "e", "f"],
@@ -65,6 +78,11 @@ def test_rsna_paper_is_fold_0_per_image_clean_is_all_breasts():
         ["no malignancy", "malignancy"],
         dict(zip("abcdef", [0.8, 0.4, 0.5, 0.1, 0.9, 0.7], strict=True)),
     )
+    return scores, folds
+
+
+def test_rsna_paper_is_fold_0_per_image_clean_is_all_breasts():
+    scores, folds = _rsna_inputs()
     everything = evaluate_rsna(scores, folds, n_boot=50)
     assert everything[["protocol", "level", "primary"]].values.tolist() == [
         ["paper", "image", True],
@@ -130,3 +148,31 @@ def test_vindr_density_zero_shot_accuracy_from_argmax_class():
     # paper, finding rows: b counted twice -> 4/5
     assert out.loc[("paper", "accuracy"), "value"] == pytest.approx(0.8)
     assert out.loc[("paper", "accuracy"), "n"] == 5
+
+
+def test_evaluation_sets_are_the_rows_each_result_is_computed_on():
+    """The ROC curves read these sets: each one's size and AUROC are its result row's."""
+    scores, folds = _rsna_inputs()
+    vindr_scores = _scores("mass", ["no mass", "mass"], {"i1": 0.9, "i2": 0.6, "i3": 0.3, "i4": 0.1})
+    for sets, results in (
+        (rsna_sets(scores, folds), evaluate_rsna(scores, folds, n_boot=20)),
+        (
+            vindr_sets(vindr_scores, *_vindr_tables()),
+            evaluate_vindr(vindr_scores, *_vindr_tables(), n_boot=20),
+        ),
+    ):
+        assert len(sets) == len(results)
+        for evaluation, result in zip(sets, results.itertuples(), strict=True):
+            assert (evaluation.label, evaluation.protocol, evaluation.level, evaluation.primary) == (
+                result.label,
+                result.protocol,
+                result.level,
+                result.primary,
+            )
+            frame = evaluation.frame
+            assert len(frame) == result.n
+            assert roc_auc_score(frame[evaluation.label], frame["score"]) == pytest.approx(result.value)
+    clean = primary_set(rsna_sets(scores, folds), label="cancer", protocol="clean")
+    assert clean.level == "breast" and sorted(clean.frame["score"].round(6)) == [0.3, 0.6, 0.8]
+    with pytest.raises(ValueError, match="0 primary zero-shot sets"):
+        primary_set(rsna_sets(scores, folds), label="Mass", protocol="clean")

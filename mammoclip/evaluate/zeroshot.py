@@ -16,9 +16,16 @@ RSNA is also reported at the other level of each protocol (paper per breast, cle
 ``primary`` False; ``primary`` rows are the ones the paper's table shows. VinDr density (a task with one
 prompt set per class, classes in density order A-D) is scored by accuracy and macro F1 of the argmax class,
 next to the majority-class baseline of the evaluated labels (upstream configures no density prompts).
+
+The rows each binary AUROC is computed on are built first, as :class:`EvaluationSet` objects
+(:func:`vindr_sets`, :func:`rsna_sets`; each dataset's registry entry names its function), so the ROC
+curves of the report (:mod:`mammoclip.evaluate.roc`) are drawn on exactly the rows the table evaluates.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -27,6 +34,34 @@ from mammoclip.evaluate.metrics import aggregate_by, binary_metrics, multiclass_
 
 #: the datasets of :func:`evaluate_vindr` and :func:`evaluate_rsna` (their registry entries name them)
 VINDR, RSNA = "vindr", "rsna"
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """The rows one binary zero-shot AUROC is computed on, and how the result row describes them.
+
+    ``frame``: one row per evaluated unit (finding row, image or breast) with ``patient_id``, the label's
+    0/1 column (named after the label) and ``score``. ``grouped``: the bootstrap resamples patients (else
+    rows). ``primary``: the row the paper's table shows for the protocol.
+    """
+
+    dataset: str
+    label: str
+    task: str
+    protocol: str
+    level: str
+    subset: str
+    primary: bool
+    grouped: bool
+    frame: pd.DataFrame
+
+
+def primary_set(sets: Sequence[EvaluationSet], *, label: str, protocol: str) -> EvaluationSet:
+    """The set of ``label`` the table reports under ``protocol`` (its ``primary`` one)."""
+    found = [s for s in sets if s.label == label and s.protocol == protocol and s.primary]
+    if len(found) != 1:
+        raise ValueError(f"{len(found)} primary zero-shot sets for {label} ({protocol}), expected one")
+    return found[0]
 
 
 def _task_rows(scores: pd.DataFrame, task: str) -> pd.DataFrame:
@@ -111,6 +146,47 @@ def _with_scores(table: pd.DataFrame, scores: pd.DataFrame, what: str) -> pd.Dat
     return joined
 
 
+def _vindr_binary_sets(scores, rows, images, *, task: str, label: str) -> list[EvaluationSet]:
+    task_scores = positive_scores(scores, task)
+    paper = _with_scores(rows[rows["split"] == "test"], task_scores, "VinDr finding rows")
+    clean = _with_scores(images[images["split"] == "test"], task_scores, "VinDr images")
+    return [
+        EvaluationSet(VINDR, label, task, "paper", "finding rows", "split == test", True, False, paper),
+        EvaluationSet(VINDR, label, task, "clean", "image", "split == test", True, True, clean),
+    ]
+
+
+def vindr_sets(scores: pd.DataFrame, rows: pd.DataFrame, images: pd.DataFrame) -> list[EvaluationSet]:
+    """The binary VinDr sets: paper on the test split's finding rows (rows resampled, as upstream reports
+    them), clean on its images (patients resampled), for every scored binary task."""
+    sets = []
+    for task, label in registry.zero_shot_tasks(VINDR).items():
+        if task in set(scores["task"]) and registry.get_label(label).n_classes == 1:
+            sets.extend(_vindr_binary_sets(scores, rows, images, task=task, label=label))
+    return sets
+
+
+def _binary_result(evaluation: EvaluationSet, *, n_boot: int, seed: int) -> dict:
+    frame = evaluation.frame
+    metrics = binary_metrics(
+        frame[evaluation.label],
+        frame["score"],
+        n_boot=n_boot,
+        seed=seed,
+        groups=frame["patient_id"] if evaluation.grouped else None,
+    )
+    return _result(
+        evaluation.dataset,
+        evaluation.label,
+        evaluation.task,
+        evaluation.protocol,
+        evaluation.level,
+        evaluation.subset,
+        metrics,
+        primary=evaluation.primary,
+    )
+
+
 def evaluate_vindr(
     scores: pd.DataFrame, rows: pd.DataFrame, images: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0
 ) -> pd.DataFrame:
@@ -124,43 +200,41 @@ def evaluate_vindr(
                 _multiclass_results(scores, rows, images, task=task, label=label, n_boot=n_boot, seed=seed)
             )
             continue
-        task_scores = positive_scores(scores, task)
-        paper = _with_scores(rows[rows["split"] == "test"], task_scores, "VinDr finding rows")
-        metrics = binary_metrics(paper[label], paper["score"], n_boot=n_boot, seed=seed)
-        results.append(_result(VINDR, label, task, "paper", "finding rows", "split == test", metrics))
-        clean = _with_scores(images[images["split"] == "test"], task_scores, "VinDr images")
-        metrics = binary_metrics(
-            clean[label], clean["score"], n_boot=n_boot, seed=seed, groups=clean["patient_id"]
-        )
-        results.append(_result(VINDR, label, task, "clean", "image", "split == test", metrics))
+        for evaluation in _vindr_binary_sets(scores, rows, images, task=task, label=label):
+            results.append(_binary_result(evaluation, n_boot=n_boot, seed=seed))
     return pd.DataFrame(results)
 
 
-def evaluate_rsna(
-    scores: pd.DataFrame, folds: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0
-) -> pd.DataFrame:
-    """Zero-shot AUROC for RSNA cancer: paper (fold 0, per image) and clean (all folds, per breast)."""
-    results = []
+def rsna_sets(scores: pd.DataFrame, folds: pd.DataFrame) -> list[EvaluationSet]:
+    """The RSNA sets: paper on fold 0 per image (primary, rows resampled) and per breast; clean on all
+    folds per image and per breast (primary); a breast's score is its images' mean, its label any positive
+    image (:func:`mammoclip.evaluate.metrics.aggregate_by`)."""
+    sets = []
     for task, label in registry.zero_shot_tasks(RSNA).items():
         if task not in set(scores["task"]):
             continue
         table = _with_scores(folds, positive_scores(scores, task), "RSNA images")
         table[label] = table[label].astype(int)
         paper = table[table["fold"].astype(int) == 0]
-        metrics = binary_metrics(paper[label], paper["score"], n_boot=n_boot, seed=seed)
-        results.append(_result(RSNA, label, task, "paper", "image", "fold == 0", metrics))
-        breasts = aggregate_by(paper, ["patient_id", "laterality"], "score", label)
-        metrics = binary_metrics(
-            breasts[label], breasts["score"], n_boot=n_boot, seed=seed, groups=breasts["patient_id"]
-        )
-        results.append(_result(RSNA, label, task, "paper", "breast", "fold == 0", metrics, primary=False))
-        metrics = binary_metrics(
-            table[label], table["score"], n_boot=n_boot, seed=seed, groups=table["patient_id"]
-        )
-        results.append(_result(RSNA, label, task, "clean", "image", "all folds", metrics, primary=False))
-        breasts = aggregate_by(table, ["patient_id", "laterality"], "score", label)
-        metrics = binary_metrics(
-            breasts[label], breasts["score"], n_boot=n_boot, seed=seed, groups=breasts["patient_id"]
-        )
-        results.append(_result(RSNA, label, task, "clean", "breast", "all folds", metrics))
-    return pd.DataFrame(results)
+        sets += [
+            EvaluationSet(RSNA, label, task, "paper", "image", "fold == 0", True, False, paper),
+            EvaluationSet(
+                RSNA, label, task, "paper", "breast", "fold == 0", False, True, _breasts(paper, label)
+            ),
+            EvaluationSet(RSNA, label, task, "clean", "image", "all folds", False, True, table),
+            EvaluationSet(
+                RSNA, label, task, "clean", "breast", "all folds", True, True, _breasts(table, label)
+            ),
+        ]
+    return sets
+
+
+def _breasts(images: pd.DataFrame, label: str) -> pd.DataFrame:
+    return aggregate_by(images, ["patient_id", "laterality"], "score", label)
+
+
+def evaluate_rsna(
+    scores: pd.DataFrame, folds: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """Zero-shot AUROC for RSNA cancer: paper (fold 0, per image) and clean (all folds, per breast)."""
+    return pd.DataFrame([_binary_result(s, n_boot=n_boot, seed=seed) for s in rsna_sets(scores, folds)])
