@@ -52,6 +52,7 @@ __all__ = [
     "EFFICIENCY_SIZE",
     "FROC_SIZE",
     "PANEL_CELL",
+    "ROC_SIZE",
     "SETTING_COLOURS",
     "detection_panel",
     "detection_panel_figure",
@@ -61,6 +62,8 @@ __all__ = [
     "froc_figure",
     "froc_plot",
     "panel_size",
+    "roc_figure",
+    "roc_plot",
 ]
 
 #: dots per inch of every figure
@@ -592,3 +595,56 @@ def efficiency_plot(
     data = efficiency_data(aggregated, paper, dataset=dataset, label=label, protocol=protocol, metric=metric)
     title = f"{dataset} {label}: {metric_name(data.attrs['metric'])} vs training data ({protocol} protocol)"
     return _save(efficiency_figure(data, title=title), path)
+
+
+# ------------------------------------------------------------------------------------------------- ROC
+
+
+def _roc_name(curve: pd.Series, several_models: bool) -> str:
+    """Legend text: setting (and model), AUROC, evaluated units and, for classifiers, the runs drawn."""
+    name = _SETTING_LABELS.get(curve["setting"], curve["setting"])
+    if several_models:
+        name += f", {curve['model']}"
+    auroc = "undefined (one class)" if np.isnan(curve["auroc"]) else f"{curve['auroc']:.3f}"
+    units = f"{curve['level']}, n = {curve['n']} ({curve['n_pos']} positive)"
+    runs = f"\n{curve['runs']}" if curve["runs"] else ""
+    return f"{name}: AUROC {auroc}\n{units}{runs}"
+
+
+def roc_figure(curves: pd.DataFrame, *, title: str) -> Figure:
+    """The figure of :func:`roc_plot` (not saved) from :func:`mammoclip.evaluate.roc.roc_curves`.
+
+    One line per curve in its setting's colour (:data:`SETTING_COLOURS`; a marker shape per model when
+    several are drawn), the AUROC, the evaluated units and the runs in the legend (outside the axes); the
+    chance diagonal dashed grey. A curve with one class only is a legend entry without a line.
+    """
+    with matplotlib.style.context("default"):
+        figure = _new_figure(ROC_SIZE)
+        ax = figure.add_axes((0.08, 0.1, 0.533, 0.8))
+        ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1.0, label="chance (AUROC 0.5)")
+        models = list(dict.fromkeys(curves["model"]))
+        for _, curve in curves.groupby(["setting", "model", "level", "runs"], sort=False):
+            first = curve.iloc[0]
+            ax.plot(
+                curve["fpr"],
+                curve["tpr"],
+                color=SETTING_COLOURS.get(first["setting"], "0.2"),
+                marker=_MODEL_MARKERS[models.index(first["model"])] if len(models) > 1 else None,
+                markersize=4,
+                linewidth=1.8,
+                label=_roc_name(first, len(models) > 1),
+            )
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(0.0, 1.0)
+        ax.set_aspect("equal")
+        ax.set_xlabel("false positive rate (1 - specificity)")
+        ax.set_ylabel("true positive rate (sensitivity)")
+        ax.grid(True, color="0.9", linewidth=0.8)
+        ax.set_title(title, fontsize=11)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.03, 1.0), fontsize=8, frameon=False, labelspacing=1.0)
+    return figure
+
+
+def roc_plot(curves: pd.DataFrame, path: str | os.PathLike, *, title: str) -> Path:
+    """PNG (900 x 600 pixels) of ROC curves with the chance diagonal: :func:`roc_figure`."""
+    return _save(roc_figure(curves, title=title), path)

@@ -7,8 +7,8 @@ be run and tested without Snakemake. What differs per dataset comes from :mod:`m
 
 DAG: phantom -> convert_shard -> join_manifest -> vindr_tables / rsna_folds / prepare_reports ->
 augment_reports -> tiny_text_model -> pretrain -> embed_images -> score_images -> zero_shot; classify ->
-classification_table; detect -> detection_table; factor_embeddings -> factor_train -> factor_localise ->
-localisation_table.
+classification_table, roc_plot; detect -> detection_table; factor_embeddings -> factor_train ->
+factor_localise -> localisation_table.
 """
 
 from __future__ import annotations
@@ -746,6 +746,60 @@ def classification_table(
             aggregated, path, dataset=plot_datasets[label], label=label, paper=paper, protocol=protocol
         )
     return table
+
+
+def roc_plot(
+    *,
+    predictions: Sequence[PathLike],
+    runs: Sequence[Mapping[str, Any]],
+    scores: Sequence[PathLike],
+    models: Sequence[str],
+    tables: Mapping[str, PathLike],
+    plot: PathLike,
+    label: str,
+    protocol: str,
+) -> pd.DataFrame:
+    """ROC curves of one binary ``label`` under ``protocol`` (:mod:`mammoclip.evaluate.roc`): zero-shot
+    from each model's prompt ``scores`` on the dataset's zero-shot ``tables`` (registry
+    ``zero_shot_sets``), linear probe and finetune from the classifier ``predictions`` at 100 % data
+    (``runs``: each file's ``classify`` wildcards, in the same order). Writes ``plot``; returns the curves.
+    """
+    from mammoclip.annotations.tables import read_table
+    from mammoclip.evaluate.roc import classifier_scores, roc_curves, zero_shot_scores
+    from mammoclip.evaluate.zeroshot import primary_set
+    from mammoclip.plots import roc_plot as draw_roc
+
+    if len(predictions) != len(runs) or len(scores) != len(models):
+        raise ValueError("roc_plot: one run key per predictions file and one model per scores file")
+    dataset = registry.get_label(label).dataset
+    entry = registry.get_dataset(dataset)
+    if entry.zero_shot_sets is None or registry.get_label(label).n_classes != 1:
+        raise ValueError(f"roc_plot: {label} is not a binary label with zero-shot scores")
+    loaded = {key: read_table(tables[key], str_columns=_ID_COLUMNS) for key in entry.zero_shot_tables}
+    frames = []
+    for model, path in zip(models, scores, strict=True):
+        sets = registry.resolve(entry.zero_shot_sets)(pd.read_csv(path, dtype={"image_id": str}), **loaded)
+        frames.append(zero_shot_scores(primary_set(sets, label=label, protocol=protocol), model=model))
+    classified = [
+        (key, read_table(path, str_columns=_ID_COLUMNS)) for key, path in zip(runs, predictions, strict=True)
+    ]
+    frames.append(classifier_scores(classified, dataset=dataset, protocol=protocol))
+    curves = roc_curves(pd.concat(frames, ignore_index=True))
+    for curve in curves.drop_duplicates(["setting", "model", "level", "runs"]).itertuples():
+        log.info(
+            "%s %s %s (%s): AUROC %.3f on %d %s (%d positive) %s",
+            protocol,
+            label,
+            curve.setting,
+            curve.model,
+            curve.auroc,
+            curve.n,
+            curve.level,
+            curve.n_pos,
+            curve.runs,
+        )
+    draw_roc(curves, plot, title=f"{dataset} {label}: ROC ({protocol} protocol)")
+    return curves
 
 
 # --------------------------------------------------------------------------------------------------

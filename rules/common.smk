@@ -198,6 +198,53 @@ def classifier_settings(wildcards):
     return {**merged, **settings.get("mode_overrides", {}).get(wildcards.mode, {})}
 
 
+# ROC figures (rules/tables.smk): one per protocol and binary label with zero-shot evaluation sets
+# (density is multiclass: none)
+ROC_LABELS = [
+    label
+    for label in CLASSIFY_LABELS
+    if registry.get_label(label).n_classes == 1
+    and registry.get_dataset(registry.get_label(label).dataset).zero_shot_sets
+]
+
+
+def roc_plots(protocol=None):
+    """roc_{label}.png of every ROC label under each protocol of its dataset (or under `protocol`)."""
+    if not CHECKPOINTS:
+        return []
+    return [
+        f"results/tables/{p}/roc_{label}.png"
+        for p in CLASSIFY["protocols"]
+        if protocol in (None, p)
+        for label in ROC_LABELS
+        if p in registry.get_dataset(registry.get_label(label).dataset).protocols
+    ]
+
+
+def roc_runs(wildcards):
+    """The classifier runs of a ROC figure: the label's runs of the protocol at 100 % data."""
+    return [
+        run
+        for run in CLASSIFICATION_RUNS
+        if run["protocol"] == wildcards.protocol
+        and run["label"] == wildcards.label
+        and run["frac"] == format_fraction(1.0)
+    ]
+
+
+def roc_inputs(wildcards):
+    """The runs' predictions, each model's prompt scores and the dataset's zero-shot tables."""
+    dataset = registry.get_label(wildcards.label).dataset
+    return {
+        "predictions": [
+            f"{CLASSIFY_RUN.format(**run)}/predictions.csv"
+            for run in roc_runs(wildcards)
+        ],
+        "scores": [f"results/scores/{dataset}/{model}.csv" for model in CHECKPOINTS],
+        **registry.get_dataset(dataset).zero_shot_inputs(),
+    }
+
+
 def _paper_model():
     """The paper's column our model is compared with (tables.paper_model, else from the encoder)."""
     if config["tables"]["paper_model"]:

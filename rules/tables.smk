@@ -1,5 +1,5 @@
-# The paper's classification tables (one per protocol), data-efficiency plots and the Snakemake report
-# (`snakemake --report report.zip`).
+# The paper's classification tables (one per protocol), data-efficiency plots, ROC curves and the
+# Snakemake report (`snakemake --report report.zip`).
 
 # {label: dataset} of the labels with lp/ft runs, one data-efficiency plot each
 TABLE_PLOTS = {
@@ -51,7 +51,39 @@ rule classification_table:
         "../workflow_scripts/classification_table.py"
 
 
-# Named targets: one table per protocol, and all of them.
+# ROC curves of one binary label under one protocol: zero-shot, linear probe and finetune at 100 % data, on
+# the rows the classification table evaluates (mammoclip/evaluate/roc.py).
+rule roc_plot:
+    input:
+        unpack(roc_inputs),
+    output:
+        plot=report(
+            "results/tables/{protocol}/roc_{label}.png",
+            caption="../report/roc_plot.rst",
+            category="ROC curves",
+            subcategory="{protocol} protocol",
+            labels={"label": "{label}", "protocol": "{protocol}"},
+        ),
+    log:
+        "logs/tables/roc_{protocol}_{label}.log",
+    benchmark:
+        "benchmarks/tables/roc_{protocol}_{label}.tsv"
+    wildcard_constraints:
+        label="|".join(ROC_LABELS) or "__none__",
+    conda:
+        "../envs/mammoclip.yaml"
+    threads: 1
+    resources:
+        mem_mb=grow(2000),
+        runtime=grow(10),
+    params:
+        runs=roc_runs,
+        models=list(CHECKPOINTS),
+    script:
+        "../workflow_scripts/roc_plot.py"
+
+
+# Named targets: one table (and its ROC figures) per protocol, and all of them.
 for _protocol in ("paper", "clean"):
 
     rule:
@@ -59,6 +91,7 @@ for _protocol in ("paper", "clean"):
             f"table_{_protocol}"
         input:
             f"results/tables/{_protocol}/classification.md",
+            roc_plots(_protocol),
 
 
 rule tables:
@@ -67,3 +100,4 @@ rule tables:
             "results/tables/{protocol}/classification.md",
             protocol=CLASSIFY["protocols"] if CHECKPOINTS else [],
         ),
+        roc_plots(),

@@ -35,6 +35,7 @@ DAG_ORDER = [
     "zero_shot",
     "classify",
     "classification_table",
+    "roc_plot",
     "detect",
     "detection_table",
     "factor_embeddings",

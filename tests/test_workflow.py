@@ -252,6 +252,12 @@ def test_tables_plots_and_report(demo, tmp_path):
         for label in ("Mass", "density", "cancer"):
             png = cv2.imread(str(demo / f"results/tables/{protocol}/efficiency_{label}.png"))
             assert png is not None and png.shape == (600, 900, 3)
+        # ROC figures of the enabled binary labels (density is multiclass: none)
+        for label in ("Mass", "cancer"):
+            png = cv2.imread(str(demo / f"results/tables/{protocol}/roc_{label}.png"))
+            assert png is not None and png.shape == (600, 900, 3)
+        assert not (demo / f"results/tables/{protocol}/roc_density.png").exists()
+        assert "AUROC" in (demo / f"logs/tables/roc_{protocol}_Mass.log").read_text()
     report = tmp_path / "report.zip"
     snakemake(demo, "--report", str(report))
     assert report.stat().st_size > 10_000
@@ -412,7 +418,8 @@ def test_changing_one_detector_mode_reruns_only_its_jobs(demo):
     config["classify"]["labels"]["Mass"]["lr"] = 2.0e-3
     overlay.write_text(yaml.safe_dump(config))
     jobs = _planned_jobs(snakemake(demo, "-n", "--configfile", str(overlay)).stdout)
-    assert {name for name, _ in jobs} == {"classify", "classification_table", "all"}
+    assert {name for name, _ in jobs} == {"classify", "classification_table", "roc_plot", "all"}
+    assert [w["label"] for name, w in jobs if name == "roc_plot"] == ["Mass", "Mass"]
 
 
 def test_named_targets_ask_for_one_table(demo):

@@ -15,6 +15,8 @@
   (:func:`~mammoclip.evaluate.detection.froc_curve`, :func:`~mammoclip.evaluate.detection.froc_points`,
   :func:`~mammoclip.evaluate.detection.cpm`) and all of them with bootstrap intervals over patients
   (:func:`~mammoclip.evaluate.detection.detection_metrics`).
+* :mod:`mammoclip.evaluate.roc` — ROC curves of zero-shot and classifier scores on the rows the tables
+  evaluate (:func:`~mammoclip.evaluate.roc.roc_curves`), for the report's figures.
 
 The modules are pure (arrays / DataFrames in, dicts / DataFrames out; no file or config I/O) and need only
 numpy, pandas and scikit-learn.
