@@ -9,6 +9,7 @@ Examples:
   mammoclip bench annotations
   mammoclip bench detect --steps 2
   mammoclip check-config config/paper.yaml
+  mammoclip demo-docs --results results --out docs/demo --readme README.md
 """
 
 from __future__ import annotations
@@ -197,6 +198,17 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_docs(args: argparse.Namespace) -> int:
+    from mammoclip.demo_docs import DEMO_TABLE, update_readme, write_demo_docs
+
+    for path in write_demo_docs(args.results, args.out):
+        print(f"wrote {path}")
+    if args.readme:
+        changed = update_readme(args.readme, Path(args.out) / DEMO_TABLE[1])
+        print(f"{'updated' if changed else 'unchanged'}: {args.readme}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mammoclip",
@@ -215,6 +227,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("configfiles", nargs="+", help="YAML config files, later ones override earlier ones")
     check.add_argument("--show", action="store_true", help="print the config with every default filled in")
     check.set_defaults(func=_check_config)
+
+    demo = sub.add_parser(
+        "demo-docs",
+        help="copy a demo run's figures and table into the docs (what the README shows)",
+        description="Copies the clean protocol's Mass data-efficiency and ROC figures\n"
+        "(results/tables/clean/efficiency_Mass.png, roc_Mass.png) and classification table\n"
+        "(classification.md -> classification_clean.md) into --out and, with --readme, puts the table\n"
+        "into the README between its <!-- demo-table:start --> and <!-- demo-table:end --> lines.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example (after the demo):\n"
+        "  mammoclip demo-docs --results results --out docs/demo --readme README.md",
+    )
+    demo.add_argument("--results", default="results", help="the demo's results folder (default results)")
+    demo.add_argument("--out", default="docs/demo", help="folder to write into (default docs/demo)")
+    demo.add_argument("--readme", help="also update this README's demo table (e.g. README.md)")
+    demo.set_defaults(func=_demo_docs)
 
     def inference_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -405,9 +433,10 @@ def _is_user_error(err: Exception) -> bool:
     """Errors about the user's input (bad file, checkpoint, value): one line, no traceback."""
     from mammoclip.checkpoints import CheckpointError
     from mammoclip.config import ConfigError
+    from mammoclip.demo_docs import DemoDocsError
     from mammoclip.inference import InferenceError
 
-    return isinstance(err, InferenceError | CheckpointError | ConfigError | FileNotFoundError)
+    return isinstance(err, InferenceError | CheckpointError | ConfigError | DemoDocsError | FileNotFoundError)
 
 
 def _run(args: argparse.Namespace) -> int:

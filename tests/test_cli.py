@@ -42,3 +42,84 @@ def test_unknown_command_exits_with_usage():
     with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])
     assert exc.value.code == 2
+
+
+# ---- demo-docs ----------------------------------------------------------------------------------------
+
+README = """# project
+
+intro
+
+<!-- demo-table:start -->
+old table
+<!-- demo-table:end -->
+
+## Later section
+"""
+
+
+@pytest.fixture
+def demo_results(tmp_path):
+    """A fake demo results folder: the two clean Mass figures and the clean table (and a paper one)."""
+    clean = tmp_path / "results" / "tables" / "clean"
+    clean.mkdir(parents=True)
+    (clean / "efficiency_Mass.png").write_bytes(b"\x89PNG efficiency")
+    (clean / "roc_Mass.png").write_bytes(b"\x89PNG roc")
+    (clean / "efficiency_density.png").write_bytes(b"\x89PNG other")
+    (clean / "classification.md").write_text("**Table.** clean.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    (tmp_path / "results" / "tables" / "paper").mkdir()
+    (tmp_path / "results" / "tables" / "paper" / "classification.md").write_text("paper table\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    return tmp_path
+
+
+def test_demo_docs_copies_the_figures_and_writes_the_table_into_the_readme(demo_results, capsys):
+    out, readme = demo_results / "docs" / "demo", demo_results / "README.md"
+    argv = [
+        "demo-docs",
+        "--results",
+        str(demo_results / "results"),
+        "--out",
+        str(out),
+        "--readme",
+        str(readme),
+    ]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "classification_clean.md",
+        "efficiency_Mass.png",
+        "roc_Mass.png",
+    ]
+    assert (out / "efficiency_Mass.png").read_bytes() == b"\x89PNG efficiency"
+    assert (out / "roc_Mass.png").read_bytes() == b"\x89PNG roc"
+    table = (demo_results / "results/tables/clean/classification.md").read_text()
+    assert (out / "classification_clean.md").read_text() == table
+    # the table replaces the old one between the markers; the rest of the README is kept
+    text = readme.read_text()
+    assert text == README.replace("old table\n", "\n" + table + "\n")
+    assert "updated" in capsys.readouterr().out
+    # a second run changes nothing
+    assert main(argv) == 0 and readme.read_text() == text
+    assert f"unchanged: {readme}" in capsys.readouterr().out
+
+
+def test_demo_docs_needs_the_demo_results_and_the_readme_markers(demo_results, capsys):
+    (demo_results / "results/tables/clean/roc_Mass.png").unlink()
+    out = demo_results / "docs" / "demo"
+    assert main(["demo-docs", "--results", str(demo_results / "results"), "--out", str(out)]) == 2
+    assert "roc_Mass.png" in capsys.readouterr().err and not out.exists()  # nothing written
+    (demo_results / "results/tables/clean/roc_Mass.png").write_bytes(b"\x89PNG roc")
+    readme = demo_results / "README.md"
+    readme.write_text("# no markers\n")
+    argv = [
+        "demo-docs",
+        "--results",
+        str(demo_results / "results"),
+        "--out",
+        str(out),
+        "--readme",
+        str(readme),
+    ]
+    assert main(argv) == 2
+    assert "demo-table:start" in capsys.readouterr().err and readme.read_text() == "# no markers\n"
