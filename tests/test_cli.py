@@ -123,3 +123,16 @@ def test_demo_docs_needs_the_demo_results_and_the_readme_markers(demo_results, c
     ]
     assert main(argv) == 2
     assert "demo-table:start" in capsys.readouterr().err and readme.read_text() == "# no markers\n"
+
+
+def test_the_readme_shows_the_committed_demo_files():
+    """The README embeds the committed figure and holds the committed table between its markers."""
+    from mammoclip.demo_docs import readme_with_table
+
+    readme = (ROOT / "README.md").read_text()
+    demo = ROOT / "docs" / "demo"
+    assert "![" in readme and "(docs/demo/efficiency_Mass.png)" in readme
+    assert (demo / "efficiency_Mass.png").read_bytes().startswith(b"\x89PNG")
+    assert (demo / "roc_Mass.png").read_bytes().startswith(b"\x89PNG")
+    assert readme_with_table(readme, (demo / "classification_clean.md").read_text()) == readme
+    assert "mammoclip demo-docs --results results --out docs/demo --readme README.md" in readme
