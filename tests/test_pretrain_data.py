@@ -284,11 +284,25 @@ def test_generate_report_validation_mode_is_deterministic_and_side_specific():
         generate_report(slots, "X")
 
 
-def test_no_finding_drops_negatives_and_training_draws_random_variants():
+def test_no_finding_states_every_absence_and_legacy_drops_negatives():
     slots = [[NO_FINDING], [], ["Mass", "Asymmetry"], []]
-    assert generate_report(slots, "R") == PROMPTS[NO_FINDING]["pos_right"][0]
-    variants = {generate_report(slots, "R", np.random.default_rng(s)) for s in range(200)}
+    canonical = [PROMPTS[NO_FINDING]["pos_right"][0]] + [PROMPTS[c]["neg_right"][0] for c in FINDING_CATEGORIES]
+    assert generate_report(slots, "R") == " ".join(canonical)
+    # "no mass" is said of normal breasts too, not only of breasts with another finding
+    assert "there is no mass in the right breast" in generate_report(slots, "R")
+    for seed in range(50):
+        text = generate_report(slots, "R", np.random.default_rng(seed))
+        assert sentences_of(text, PROMPTS[NO_FINDING]["pos_right"])
+        for c in FINDING_CATEGORIES:
+            assert sentences_of(text, PROMPTS[c]["neg_right"]), (c, text)
+    # upstream: a normal breast gets its "no finding" sentence only
+    legacy = dict(normal_states_absences=False)
+    assert generate_report(slots, "R", **legacy) == PROMPTS[NO_FINDING]["pos_right"][0]
+    variants = {generate_report(slots, "R", np.random.default_rng(s), **legacy) for s in range(200)}
     assert variants == set(PROMPTS[NO_FINDING]["pos_right"])
+
+
+def test_training_draws_random_variants():
     # training: each label contributes exactly one of its variants, in shuffled order
     slots = finding_slots(["Mass", "Skin Thickening"], "L")
     orders, mass_variants = set(), set()
@@ -354,7 +368,8 @@ def test_vindr_texts_follow_the_view_of_each_image(vindr_setup):
         assert sentences_of(texts["CC"], mass_pos) and not sentences_of(
             texts["CC"], PROMPTS["Mass"]["neg_right"]
         )
-        assert texts["MLO"] in normal  # No Finding: negatives dropped
+        # No Finding: every absence stated
+        assert sentences_of(texts["MLO"], normal) and sentences_of(texts["MLO"], PROMPTS["Mass"]["neg_right"])
     assert views == {"CC", "MLO"}
     # single-view breast: both texts from that view
     item = ds[2]
@@ -366,7 +381,12 @@ def test_vindr_texts_follow_the_view_of_each_image(vindr_setup):
     first, again = val[0], val[0]
     assert (first["text"], first["text2"]) == (again["text"], again["text2"])
     assert first["view"] == "CC" and first["text"] == generate_report(table.at[0, "CC_FINDING"], "R")
-    assert first["text2"] == normal[0]
+    assert first["text2"] == generate_report(table.at[0, "MLO_FINDING"], "R")
+    assert first["text2"].startswith(normal[0] + " " + PROMPTS["Mass"]["neg_right"][0])
+    legacy = VindrLabelDataset(
+        table, png_paths, height=H, width=W, train=False, prompts=PROMPTS, normal_states_absences=False
+    )
+    assert legacy[0]["text2"] == normal[0]
 
 
 def test_vindr_unknown_label_is_reported_with_its_row(vindr_setup):

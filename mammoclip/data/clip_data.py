@@ -46,7 +46,8 @@ VinDr texts (:func:`generate_report`). ``text`` comes from the ``*_FINDING`` slo
 ``[pos_right, pos_left, neg_right, neg_left]`` (section 3.3); the breast's laterality picks the slots and the
 ``*_right`` / ``*_left`` sentences (slots of the other side must be empty). For each positive label one
 ``pos_*`` sentence, then for each negative label one ``neg_*`` sentence -- a random variant in training,
-the first variant otherwise; if ``No Finding`` is positive the negatives are dropped; sentences are
+the first variant otherwise; if ``No Finding`` is positive, the absence sentence of every finding category
+follows it (upstream, ``normal_states_absences=False``, gives it no negatives at all); sentences are
 de-duplicated keeping the first occurrence (a deterministic order, where upstream used ``set`` order,
 section 13.1 item 7), shuffled in training, and joined with single spaces (no periods, as the cleaned
 reports). A view's slots are the union of its images' labels, so when one of two same-view images was
@@ -228,12 +229,18 @@ def generate_report(
     rng: np.random.Generator | None = None,
     *,
     prompts: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+    normal_states_absences: bool = True,
 ) -> str:
     """Report-like text of one view's 4-slot labels ``[pos_right, pos_left, neg_right, neg_left]``.
 
     ``laterality`` (``"R"`` / ``"L"``) selects the slots and sentences; ``rng`` given = training (random
     variants, shuffled sentences), ``None`` = deterministic (first variants, label order). See the module
     docstring. ``prompts`` defaults to :func:`load_prompts`. Returns ``""`` for empty slots.
+
+    ``normal_states_absences``: a ``No Finding`` view also gets the absence sentence of every finding
+    category ("there is no mass ..."), as a radiologist's normal report would. Upstream (``False``) gives
+    it none, so "no mass" is only ever said of breasts with *another* finding, and a zero-shot prompt "no
+    mass" learns to mean "calcifications" (docs/upstream.md#pretraining).
     """
     prompts = prompts if prompts is not None else _default_prompts()
     side = _SIDES.get(str(laterality).strip().upper())
@@ -251,7 +258,10 @@ def generate_report(
             f"for a {side} breast"
         )
     positives = list(slots[own])
-    negatives = [] if NO_FINDING in positives else list(slots[own + 2])
+    if NO_FINDING in positives:
+        negatives = [c for c in FINDING_CATEGORIES if c in prompts] if normal_states_absences else []
+    else:
+        negatives = list(slots[own + 2])
     sentences: list[str] = []
     for label, kind in [(p, "pos") for p in positives] + [(n, "neg") for n in negatives]:
         variants = prompts.get(label, {}).get(f"{kind}_{side}")
@@ -646,9 +656,11 @@ class VindrLabelDataset(_MultiViewDataset):
         augment: TrainAugment | bool = True,
         seed: int = 0,
         prompts: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+        normal_states_absences: bool = True,
         name: str = "vindr",
     ) -> None:
         self.prompts = prompts if prompts is not None else load_prompts()
+        self.normal_states_absences = normal_states_absences
         super().__init__(
             table, png_paths, height=height, width=width, train=train, augment=augment, seed=seed, name=name
         )
@@ -666,7 +678,13 @@ class VindrLabelDataset(_MultiViewDataset):
             slots[view] = value
             if (view == "CC" and cc) or (view == "MLO" and mlo):
                 try:
-                    report = generate_report(value, laterality, None, prompts=self.prompts)
+                    report = generate_report(
+                        value,
+                        laterality,
+                        None,
+                        prompts=self.prompts,
+                        normal_states_absences=self.normal_states_absences,
+                    )
                 except PretrainDataError as err:
                     raise PretrainDataError(f"{where}, column {column!r}: {err}") from None
                 if not report:
@@ -684,9 +702,15 @@ class VindrLabelDataset(_MultiViewDataset):
 
     def _texts(self, breast: _Breast, first: _Image, second: _Image, rng) -> tuple[str, str]:
         assert breast.slots is not None
-        return (
-            generate_report(breast.slots[first.view], breast.laterality, rng, prompts=self.prompts),
-            generate_report(breast.slots[second.view], breast.laterality, rng, prompts=self.prompts),
+        return tuple(  # type: ignore[return-value]
+            generate_report(
+                breast.slots[image.view],
+                breast.laterality,
+                rng,
+                prompts=self.prompts,
+                normal_states_absences=self.normal_states_absences,
+            )
+            for image in (first, second)
         )
 
 
@@ -789,6 +813,7 @@ def build_pretraining_datasets(
     legacy_augment: bool = False,
     text_aug_prob: float = 0.5,
     prompts: Mapping[str, Mapping[str, Sequence[str]]] | str | Path | None = None,
+    normal_states_absences: bool = True,
 ) -> tuple[ConcatDataset, ConcatDataset]:
     """``(train, val)`` ConcatDatasets of the given tables (module docstring, "Splits").
 
@@ -796,7 +821,8 @@ def build_pretraining_datasets(
     Each part of ``val.datasets`` has a ``name`` (``"reports"``, ``"vindr"``): upstream averaged the
     validation loss per dataset, then over datasets. ``augment``: image augmentation in training
     (``legacy_augment``: upstream's fixed-magnitude affine). ``prompts``: a :func:`load_prompts` dict or a
-    prompts file (default: the package's). Raises :class:`PretrainDataError` when no table is given, when
+    prompts file (default: the package's). ``normal_states_absences``: see :func:`generate_report` (upstream:
+    False). Raises :class:`PretrainDataError` when no table is given, when
     a validation fold has no breast, or when the training set is empty.
     """
     if report_table is None and vindr_table is None:
@@ -853,7 +879,7 @@ def build_pretraining_datasets(
             k,
             (~training).sum(),
         )
-        kwargs = {**common, "prompts": prompts}
+        kwargs = {**common, "prompts": prompts, "normal_states_absences": normal_states_absences}
         train_parts.append(VindrLabelDataset(table[is_train], png_paths, train=True, name="vindr", **kwargs))
         val_parts.append(VindrLabelDataset(table[is_val], png_paths, train=False, name="vindr", **kwargs))
 

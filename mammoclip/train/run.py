@@ -79,6 +79,7 @@ def run_pretraining(params: Mapping[str, Any]) -> Path:
         val_fold=params["val_fold"],
         seed=params["seed"],
         legacy_augment=params["legacy"],
+        normal_states_absences=not params["legacy"],
     )
     log.info("pretraining on %d breasts, validating on %d", len(train), len(val))
     model, tokenizer = build_clip(
