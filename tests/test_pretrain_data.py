@@ -286,7 +286,8 @@ def test_generate_report_validation_mode_is_deterministic_and_side_specific():
 
 def test_no_finding_states_every_absence_and_legacy_drops_negatives():
     slots = [[NO_FINDING], [], ["Mass", "Asymmetry"], []]
-    canonical = [PROMPTS[NO_FINDING]["pos_right"][0]] + [PROMPTS[c]["neg_right"][0] for c in FINDING_CATEGORIES]
+    absences = [PROMPTS[c]["neg_right"][0] for c in FINDING_CATEGORIES]
+    canonical = [PROMPTS[NO_FINDING]["pos_right"][0], *absences]
     assert generate_report(slots, "R") == " ".join(canonical)
     # "no mass" is said of normal breasts too, not only of breasts with another finding
     assert "there is no mass in the right breast" in generate_report(slots, "R")
