@@ -74,17 +74,13 @@ def demo_results(tmp_path):
     return tmp_path
 
 
+def _demo_docs_argv(root, out, readme):
+    return ["demo-docs", "--results", str(root / "results"), "--out", str(out), "--readme", str(readme)]
+
+
 def test_demo_docs_copies_the_figures_and_writes_the_table_into_the_readme(demo_results, capsys):
     out, readme = demo_results / "docs" / "demo", demo_results / "README.md"
-    argv = [
-        "demo-docs",
-        "--results",
-        str(demo_results / "results"),
-        "--out",
-        str(out),
-        "--readme",
-        str(readme),
-    ]
+    argv = _demo_docs_argv(demo_results, out, readme)
     assert main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "classification_clean.md",
@@ -112,15 +108,7 @@ def test_demo_docs_needs_the_demo_results_and_the_readme_markers(demo_results, c
     (demo_results / "results/tables/clean/roc_Mass.png").write_bytes(b"\x89PNG roc")
     readme = demo_results / "README.md"
     readme.write_text("# no markers\n")
-    argv = [
-        "demo-docs",
-        "--results",
-        str(demo_results / "results"),
-        "--out",
-        str(out),
-        "--readme",
-        str(readme),
-    ]
+    argv = _demo_docs_argv(demo_results, out, readme)
     assert main(argv) == 2
     assert "demo-table:start" in capsys.readouterr().err and readme.read_text() == "# no markers\n"
 
