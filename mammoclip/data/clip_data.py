@@ -702,16 +702,17 @@ class VindrLabelDataset(_MultiViewDataset):
 
     def _texts(self, breast: _Breast, first: _Image, second: _Image, rng) -> tuple[str, str]:
         assert breast.slots is not None
-        return tuple(  # type: ignore[return-value]
-            generate_report(
+
+        def report(image: _Image) -> str:
+            return generate_report(
                 breast.slots[image.view],
                 breast.laterality,
                 rng,
                 prompts=self.prompts,
                 normal_states_absences=self.normal_states_absences,
             )
-            for image in (first, second)
-        )
+
+        return report(first), report(second)
 
 
 def set_epoch(dataset: Dataset, epoch: int) -> None:
