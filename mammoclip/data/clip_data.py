@@ -701,11 +701,12 @@ class VindrLabelDataset(_MultiViewDataset):
         )
 
     def _texts(self, breast: _Breast, first: _Image, second: _Image, rng) -> tuple[str, str]:
-        assert breast.slots is not None
+        slots = breast.slots
+        assert slots is not None
 
         def report(image: _Image) -> str:
             return generate_report(
-                breast.slots[image.view],
+                slots[image.view],
                 breast.laterality,
                 rng,
                 prompts=self.prompts,
