@@ -145,12 +145,13 @@ def test_from_config_equals_the_hand_built_config(schema, name, variant, legacy)
 def test_demo_and_paper_values(schema):
     demo = TrainConfig.from_config(full_config("config.yaml", schema)["pretrain"], seed=42, legacy=False)
     assert (demo.epochs, demo.batch_size, demo.lr, demo.precision, demo.num_workers) == (
+        15,
         8,
-        8,
-        5e-4,
+        2e-3,
         "fp32",
         0,
     )
+    assert (demo.i2i_weight, demo.t2t_weight, demo.mask_false_negatives) == (0, 0, True)
     paper = TrainConfig.from_config(full_config("paper.yaml", schema)["pretrain"], seed=42, legacy=True)
     assert (paper.epochs, paper.warmup_epochs, paper.precision, paper.clamp_logit_scale) == (
         15,
