@@ -259,7 +259,7 @@ def generate_report(
         )
     positives = list(slots[own])
     if NO_FINDING in positives:
-        negatives = [c for c in FINDING_CATEGORIES if c in prompts] if normal_states_absences else []
+        negatives = list(FINDING_CATEGORIES) if normal_states_absences else []
     else:
         negatives = list(slots[own + 2])
     sentences: list[str] = []
